@@ -1,0 +1,293 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+	"github.com/nyaruka/phonenumbers"
+	"github.com/redis/go-redis/v9"
+	"mellium.im/xmpp/jid"
+)
+
+// SIPListener is one parsed entry of sip.listen.
+type SIPListener struct {
+	Network string // udp|tcp|tls|ws|wss
+	Addr    string // host:port
+}
+
+// ParseSIPListener parses a sip.listen entry such as "udp://0.0.0.0:5060".
+func ParseSIPListener(s string) (SIPListener, error) {
+	scheme, addr, ok := strings.Cut(s, "://")
+	if !ok {
+		return SIPListener{}, fmt.Errorf("want scheme://host:port (udp, tcp, tls, ws or wss), got %q", s)
+	}
+	switch scheme {
+	case "udp", "tcp", "tls", "ws", "wss":
+	default:
+		return SIPListener{}, fmt.Errorf("unknown transport %q (want udp, tcp, tls, ws or wss) in %q", scheme, s)
+	}
+	if err := checkHostPort(addr, false); err != nil {
+		return SIPListener{}, fmt.Errorf("%v in %q", err, s)
+	}
+	return SIPListener{Network: scheme, Addr: addr}, nil
+}
+
+// SIPListeners returns sip.listen parsed. Validate guarantees it succeeds.
+func (c *Config) SIPListeners() []SIPListener {
+	var out []SIPListener
+	for _, s := range c.SIP.Listen {
+		if l, err := ParseSIPListener(s); err == nil {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// PBXURI returns sip.pbx parsed. Validate guarantees it succeeds.
+func (c *Config) PBXURI() sip.Uri {
+	var u sip.Uri
+	_ = sip.ParseUri(c.SIP.PBX, &u)
+	return u
+}
+
+// TrustedPrefixes returns sip.trusted parsed; a bare address is a /32 or
+// /128. Validate guarantees every entry parses.
+func (c *Config) TrustedPrefixes() []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range c.SIP.Trusted {
+		if p, err := parsePrefix(s); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func parsePrefix(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Prefix{}, err
+		}
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+// UsesRedis reports whether any part of the gateway talks to Redis.
+func (c *Config) UsesRedis() bool { return c.Identity.Backend == "redis" }
+
+func (c *Config) errorf(path, format string, args ...any) *Error {
+	return &Error{File: c.file, Line: c.lines[path], Path: path, Msg: fmt.Sprintf(format, args...)}
+}
+
+// Validate checks every value and returns all problems at once (joined with
+// errors.Join, one *Error each naming the YAML path, line and bad value), or
+// nil.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(path, format string, args ...any) {
+		errs = append(errs, c.errorf(path, format, args...))
+	}
+	oneOf := func(path, got string, allowed ...string) {
+		for _, a := range allowed {
+			if got == a {
+				return
+			}
+		}
+		bad(path, "must be one of %s, got %q", strings.Join(allowed, "|"), got)
+	}
+
+	oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
+	oneOf("log.format", c.Log.Format, "json", "text")
+
+	if err := checkHostPort(c.Admin.Listen, false); err != nil {
+		bad("admin.listen", "%v", err)
+	}
+
+	oneOf("identity.backend", c.Identity.Backend, "embedded", "redis")
+	switch c.Identity.Backend {
+	case "embedded":
+		if c.Identity.Path == "" {
+			bad("identity.path", "must name the embedded store file when identity.backend is embedded")
+		}
+	case "redis":
+		if err := checkRedisURL(c.Identity.Redis.URL.Reveal()); err != nil {
+			bad("identity.redis.url", "%v", err)
+		}
+	}
+	if r := c.Identity.DefaultRegion; r != "" && !phonenumbers.GetSupportedRegions()[r] {
+		bad("identity.default_region", "must be an ISO 3166 region code such as US or DE, got %q", r)
+	}
+
+	if j, err := jid.Parse(c.XMPP.Component); err != nil || c.XMPP.Component == "" || j.Localpart() != "" || j.Resourcepart() != "" {
+		bad("xmpp.component", "must be a domain JID such as cusax.example.com, got %q", c.XMPP.Component)
+	}
+	if err := checkHostPort(c.XMPP.Server, true); err != nil {
+		bad("xmpp.server", "%v", err)
+	}
+	if j, err := jid.Parse(c.XMPP.Domain); err != nil || c.XMPP.Domain == "" || j.Localpart() != "" || j.Resourcepart() != "" {
+		bad("xmpp.domain", "must be the users' XMPP domain such as example.com, got %q", c.XMPP.Domain)
+	} else if c.XMPP.Domain == c.XMPP.Component {
+		bad("xmpp.component", "must differ from xmpp.domain, got %q for both", c.XMPP.Component)
+	}
+	if a := c.XMPP.EjabberdAPI; a != "" {
+		if u, err := url.Parse(a); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad("xmpp.ejabberd_api", "must be an http(s) URL such as http://127.0.0.1:5280/api, got %q", a)
+		}
+	}
+	oneOf("xmpp.sync.vcard", c.XMPP.Sync.VCard, "enforce", "fill", "off")
+	if c.XMPP.Sync.Interval.D() < time.Minute {
+		bad("xmpp.sync.interval", "must be at least 1m, got %s", c.XMPP.Sync.Interval)
+	}
+
+	if len(c.SIP.Listen) == 0 {
+		bad("sip.listen", "must name at least one listener such as udp://0.0.0.0:5060")
+	}
+	needTLS := false
+	for i, s := range c.SIP.Listen {
+		l, err := ParseSIPListener(s)
+		if err != nil {
+			bad(fmt.Sprintf("sip.listen[%d]", i), "%v", err)
+			continue
+		}
+		needTLS = needTLS || l.Network == "tls" || l.Network == "wss"
+	}
+	if needTLS && (c.SIP.TLS.CertFile == "" || c.SIP.TLS.KeyFile == "") {
+		e := c.errorf("sip.tls", "cert_file and key_file must both be set for tls:// and wss:// listeners, got cert_file %q key_file %q", c.SIP.TLS.CertFile, c.SIP.TLS.KeyFile)
+		if e.Line == 0 {
+			e.Line = c.lines["sip.listen"]
+		}
+		errs = append(errs, e)
+	}
+	if !validHost(c.SIP.Domain) {
+		bad("sip.domain", "must be the host part of the users' AORs such as example.com, got %q", c.SIP.Domain)
+	}
+	var pbx sip.Uri
+	if err := sip.ParseUri(c.SIP.PBX, &pbx); err != nil || (pbx.Scheme != "sip" && pbx.Scheme != "sips") || pbx.Host == "" {
+		bad("sip.pbx", "must be a SIP URI such as sip:127.0.0.1:5070, got %q", c.SIP.PBX)
+	} else if t := pbx.UriParams.GetOr("transport", "udp"); t != "udp" && t != "tcp" && t != "tls" && t != "ws" && t != "wss" {
+		bad("sip.pbx", "unknown transport %q in %q", t, c.SIP.PBX)
+	}
+	for i, s := range c.SIP.Trusted {
+		if _, err := parsePrefix(s); err != nil {
+			bad(fmt.Sprintf("sip.trusted[%d]", i), "must be an address or CIDR prefix such as 127.0.0.1/32, got %q", s)
+		}
+	}
+	oneOf("sip.auth", c.SIP.Auth, "passthrough", "local")
+	oneOf("sip.call_info", c.SIP.CallInfo, "stamp", "off")
+
+	if _, err := netip.ParseAddr(c.RTP.Listen); err != nil {
+		bad("rtp.listen", "must be an IP address such as 0.0.0.0, got %q", c.RTP.Listen)
+	}
+	if a := c.RTP.Advertise; a != "" {
+		if ip, err := netip.ParseAddr(a); err != nil || ip.IsUnspecified() {
+			bad("rtp.advertise", "must be the IP address written into SDP, got %q", a)
+		}
+	}
+	lo, hi := c.RTP.PortMin, c.RTP.PortMax
+	switch {
+	case lo < 1024 || hi > 65535:
+		bad("rtp.port_min", "ports must lie in 1024..65535, got %d..%d", lo, hi)
+	case lo%2 != 0 || lo >= hi:
+		bad("rtp.port_min", "must be even and < port_max, got %d..%d", lo, hi)
+	}
+	if c.RTP.Timeout.D() <= 0 {
+		bad("rtp.timeout", "must be positive, got %s", c.RTP.Timeout)
+	}
+	oneOf("rtp.backend", c.RTP.Backend, "embedded", "rtpengine")
+	if c.RTP.Backend == "rtpengine" {
+		if err := checkHostPort(c.RTP.Rtpengine.NG, true); err != nil {
+			bad("rtp.rtpengine.ng", "%v", err)
+		}
+	}
+
+	if c.Shutdown.Drain.D() < 0 {
+		bad("shutdown.drain", "must not be negative, got %s", c.Shutdown.Drain)
+	}
+	return errors.Join(errs...)
+}
+
+// Warnings returns problems that do not stop the daemon but that an
+// operator should see (printed by cusax-gw check).
+func (c *Config) Warnings() []string {
+	var w []string
+	if c.XMPP.Secret == "" {
+		w = append(w, "xmpp.secret: empty; the component handshake will fail (set xmpp.secret_file or CUSAX_XMPP_SECRET)")
+	}
+	if c.Admin.Token == "" {
+		w = append(w, "admin.token: empty; /api/ answers 401 to everyone (set admin.token_file or CUSAX_ADMIN_TOKEN)")
+	}
+	if ip, err := netip.ParseAddr(c.RTP.Listen); err == nil && ip.IsUnspecified() && c.RTP.Advertise == "" {
+		w = append(w, "rtp.advertise: empty while rtp.listen is "+c.RTP.Listen+"; SDP will carry the address of the interface toward each peer")
+	}
+	return w
+}
+
+func checkHostPort(s string, needHost bool) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("want host:port, got %q", s)
+	}
+	if needHost && host == "" {
+		return fmt.Errorf("want host:port with a host, got %q", s)
+	}
+	if host != "" && !validHost(host) {
+		return fmt.Errorf("invalid host %q in %q", host, s)
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+		return fmt.Errorf("port must be 1..65535, got %q", port)
+	}
+	return nil
+}
+
+func validHost(h string) bool {
+	if h == "" || len(h) > 253 {
+		return false
+	}
+	if _, err := netip.ParseAddr(h); err == nil {
+		return true
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || len(label) > 63 {
+			return false
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// checkRedisURL accepts what the identity store will hand to go-redis:
+// redis://, rediss:// and unix:// URLs, and Sentinel as a redis:// URL with
+// master_name (and further sentinels as addr) in the query.
+func checkRedisURL(s string) error {
+	const want = "want a URL such as redis://127.0.0.1:6379/0"
+	u, err := url.Parse(s)
+	if err != nil {
+		// url.Parse's error echoes the URL, which may carry a password.
+		return errors.New(want + " (unparseable)")
+	}
+	if u.Query().Has("master_name") {
+		_, err = redis.ParseFailoverURL(s)
+	} else {
+		_, err = redis.ParseURL(s)
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %s", want, strings.TrimPrefix(err.Error(), "redis: "))
+	}
+	return nil
+}
