@@ -1,0 +1,241 @@
+package b2bua
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+	"golang.org/x/sync/errgroup"
+)
+
+// B2BUA is the SIP back-to-back user agent. Create it with New, bind its
+// listeners with Listen, then Run it. Drain starts a graceful shutdown.
+type B2BUA struct {
+	cfg Config
+	log *slog.Logger
+	m   *Metrics
+
+	ua  *sipgo.UserAgent
+	srv *sipgo.Server
+
+	draining atomic.Bool
+	serving  atomic.Bool
+
+	mu        sync.Mutex
+	udp       []net.PacketConn
+	listeners []struct {
+		network string
+		ln      net.Listener
+	}
+}
+
+// New validates cfg and prepares the SIP stack; it binds nothing.
+func New(cfg Config, log *slog.Logger, m *Metrics) (*B2BUA, error) {
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	ua, err := sipgo.NewUA(sipgo.WithUserAgent(cfg.UserAgent), sipgo.WithUserAgenTLSConfig(cfg.TLS))
+	if err != nil {
+		return nil, fmt.Errorf("b2bua: %w", err)
+	}
+	srv, err := sipgo.NewServer(ua, sipgo.WithServerLogger(log.With("component", "sipgo")))
+	if err != nil {
+		ua.Close()
+		return nil, fmt.Errorf("b2bua: %w", err)
+	}
+	b := &B2BUA{cfg: cfg, log: log, m: m, ua: ua, srv: srv}
+	srv.OnOptions(b.handle(b.onOptions))
+	for _, method := range []sip.RequestMethod{sip.INVITE, sip.REGISTER, sip.BYE, sip.SUBSCRIBE,
+		sip.NOTIFY, sip.REFER, sip.INFO, sip.MESSAGE, sip.UPDATE, sip.PRACK, sip.PUBLISH} {
+		srv.OnRequest(method, b.handle(b.onNotImplemented))
+	}
+	srv.OnAck(func(req *sip.Request, tx sip.ServerTransaction) {
+		b.m.Requests.WithLabelValues(string(req.Method), "in").Inc()
+	})
+	return b, nil
+}
+
+// Listen binds every configured listener. On error, nothing stays bound.
+func (b *B2BUA) Listen() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	fail := func(l Listener, err error) error {
+		b.closeLocked()
+		return fmt.Errorf("b2bua: listen %s: %w", l, err)
+	}
+	for _, l := range b.cfg.Listen {
+		switch l.Network {
+		case "udp":
+			c, err := net.ListenPacket("udp", l.Addr)
+			if err != nil {
+				return fail(l, err)
+			}
+			b.udp = append(b.udp, c)
+		default:
+			ln, err := net.Listen("tcp", l.Addr)
+			if err != nil {
+				return fail(l, err)
+			}
+			if l.Network == "tls" || l.Network == "wss" {
+				ln = tls.NewListener(ln, b.cfg.TLS)
+			}
+			b.listeners = append(b.listeners, struct {
+				network string
+				ln      net.Listener
+			}{l.Network, ln})
+		}
+	}
+	return nil
+}
+
+func (b *B2BUA) closeLocked() {
+	for _, c := range b.udp {
+		c.Close()
+	}
+	for _, l := range b.listeners {
+		l.ln.Close()
+	}
+	b.udp, b.listeners = nil, nil
+}
+
+// Addrs returns the bound listener addresses as network://host:port.
+func (b *B2BUA) Addrs() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []string
+	for _, c := range b.udp {
+		out = append(out, "udp://"+c.LocalAddr().String())
+	}
+	for _, l := range b.listeners {
+		out = append(out, l.network+"://"+l.ln.Addr().String())
+	}
+	return out
+}
+
+// Run serves SIP on the bound listeners until ctx ends, then closes them
+// and the SIP stack. It returns nil after a clean stop.
+func (b *B2BUA) Run(ctx context.Context) error {
+	b.mu.Lock()
+	udp, listeners := b.udp, b.listeners
+	b.mu.Unlock()
+	if len(udp)+len(listeners) == 0 {
+		return errors.New("b2bua: Run called before Listen")
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	for _, c := range udp {
+		g.Go(func() error { return b.srv.ServeUDP(c) })
+	}
+	for _, l := range listeners {
+		g.Go(func() error {
+			switch l.network {
+			case "tcp":
+				return b.srv.ServeTCP(l.ln)
+			case "tls":
+				return b.srv.ServeTLS(l.ln)
+			case "ws":
+				return b.srv.ServeWS(l.ln)
+			default:
+				return b.srv.ServeWSS(l.ln)
+			}
+		})
+	}
+	b.serving.Store(true)
+	<-gctx.Done()
+	b.serving.Store(false)
+	b.mu.Lock()
+	b.closeLocked()
+	b.mu.Unlock()
+	err := g.Wait()
+	b.ua.Close()
+	if ctx.Err() != nil && (err == nil || errors.Is(err, net.ErrClosed)) {
+		return nil
+	}
+	if err == nil {
+		err = errors.New("listener stopped")
+	}
+	return fmt.Errorf("b2bua: %w", err)
+}
+
+// Drain makes the gateway answer new INVITEs and REGISTERs with 503 and
+// Retry-After, then waits until the active calls have ended or ctx ends.
+// It reports how many calls were still active when it returned.
+func (b *B2BUA) Drain(ctx context.Context) int {
+	b.draining.Store(true)
+	return 0 // Calls arrive with the b2bua issue; none can be active yet.
+}
+
+// Ready reports whether the SIP listeners are serving, for /readyz.
+func (b *B2BUA) Ready() (bool, string) {
+	if b.serving.Load() {
+		return true, fmt.Sprint(b.Addrs())
+	}
+	return false, "listeners not serving"
+}
+
+// handle wraps a request handler with metrics and per-request panic
+// recovery: a bug in one request must not take the other calls down.
+func (b *B2BUA) handle(h func(*sip.Request, sip.ServerTransaction)) sipgo.RequestHandler {
+	return func(req *sip.Request, tx sip.ServerTransaction) {
+		b.m.Requests.WithLabelValues(string(req.Method), "in").Inc()
+		defer func() {
+			if r := recover(); r != nil {
+				b.m.Panics.Inc()
+				b.log.Error("panic in request handler", "method", string(req.Method), "call_id", callID(req), "err", fmt.Sprint(r))
+				b.respond(tx, req, 500, "Server Internal Error")
+			}
+		}()
+		h(req, tx)
+	}
+}
+
+func callID(req *sip.Request) string {
+	if h := req.CallID(); h != nil {
+		return h.Value()
+	}
+	return ""
+}
+
+// respond answers req and counts the response.
+func (b *B2BUA) respond(tx sip.ServerTransaction, req *sip.Request, code int, reason string, hdrs ...sip.Header) {
+	res := sip.NewResponseFromRequest(req, code, reason, nil)
+	res.AppendHeader(sip.NewHeader("Server", b.cfg.UserAgent))
+	for _, h := range hdrs {
+		res.AppendHeader(h)
+	}
+	if err := tx.Respond(res); err != nil {
+		b.log.Debug("respond failed", "call_id", callID(req), "status", code, "err", err)
+		return
+	}
+	b.m.Responses.WithLabelValues(strconv.Itoa(code/100)+"xx", "out").Inc()
+}
+
+func (b *B2BUA) retryAfter() sip.Header {
+	return sip.NewHeader("Retry-After", strconv.Itoa(int(b.cfg.RetryAfter.Seconds())))
+}
+
+const allowed = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, NOTIFY, REFER, UPDATE, MESSAGE, SUBSCRIBE"
+
+func (b *B2BUA) onOptions(req *sip.Request, tx sip.ServerTransaction) {
+	if b.draining.Load() {
+		b.respond(tx, req, 503, "Service Unavailable", b.retryAfter())
+		return
+	}
+	b.respond(tx, req, 200, "OK", sip.NewHeader("Allow", allowed), sip.NewHeader("Accept", "application/sdp"))
+}
+
+func (b *B2BUA) onNotImplemented(req *sip.Request, tx sip.ServerTransaction) {
+	if b.draining.Load() && (req.Method == sip.INVITE || req.Method == sip.REGISTER) {
+		b.respond(tx, req, 503, "Service Unavailable", b.retryAfter())
+		return
+	}
+	b.respond(tx, req, 501, "Not Implemented")
+}

@@ -1,0 +1,58 @@
+package b2bua
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Listener is one SIP listening socket.
+type Listener struct {
+	Network string // udp|tcp|tls|ws|wss
+	Addr    string // host:port
+}
+
+func (l Listener) String() string { return l.Network + "://" + l.Addr }
+
+// Config configures a B2BUA. The zero values of the optional fields are
+// replaced by defaults in New.
+type Config struct {
+	Listen    []Listener
+	TLS       *tls.Config // required by tls and wss listeners
+	Domain    string      // host part of the users' AORs
+	PBX       string      // SIP URI of the next hop
+	UserAgent string      // User-Agent and Server header value
+
+	// RetryAfter is the Retry-After value (seconds) of every 503 the
+	// gateway answers while draining or overloaded. Default 30s.
+	RetryAfter time.Duration
+}
+
+func (c *Config) setDefaults() {
+	if c.UserAgent == "" {
+		c.UserAgent = "cusax-gw"
+	}
+	if c.RetryAfter <= 0 {
+		c.RetryAfter = 30 * time.Second
+	}
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	if len(c.Listen) == 0 {
+		errs = append(errs, errors.New("b2bua: no listener configured"))
+	}
+	for _, l := range c.Listen {
+		switch l.Network {
+		case "udp", "tcp", "ws":
+		case "tls", "wss":
+			if c.TLS == nil {
+				errs = append(errs, fmt.Errorf("b2bua: listener %s needs a TLS configuration", l))
+			}
+		default:
+			errs = append(errs, fmt.Errorf("b2bua: listener %s: unknown transport", l))
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,59 @@
+package b2bua
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Metrics are the b2bua's Prometheus metrics (names fixed by CONTRACT.md).
+// Labels come from small fixed sets; never a URI, number or Call-ID.
+type Metrics struct {
+	Requests      *prometheus.CounterVec // method, direction
+	Responses     *prometheus.CounterVec // code_class, direction
+	CallsActive   prometheus.Gauge
+	Calls         *prometheus.CounterVec // origin, result
+	CallInfo      *prometheus.CounterVec // action
+	Registrations prometheus.Gauge
+	Panics        prometheus.Counter
+}
+
+// NewMetrics creates the b2bua metrics and registers them with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		Requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "cusax_sip_requests_total",
+			Help: "SIP requests received (direction=in) and sent (direction=out), by method.",
+		}, []string{"method", "direction"}),
+		Responses: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "cusax_sip_responses_total",
+			Help: "SIP responses received (direction=in) and sent (direction=out), by status class (1xx..6xx).",
+		}, []string{"code_class", "direction"}),
+		CallsActive: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "cusax_calls_active",
+			Help: "Calls currently bridged or being set up.",
+		}),
+		Calls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "cusax_calls_total",
+			Help: "Calls ended, by origin (phone|pbx) and result (answered|rejected|cancelled|failed).",
+		}, []string{"origin", "result"}),
+		CallInfo: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "cusax_callinfo_total",
+			Help: "Call-Info purpose=impp values stamped, stripped from untrusted sources, or kept from trusted ones.",
+		}, []string{"action"}),
+		Registrations: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "cusax_registrations_active",
+			Help: "Phone registrations currently bound through this gateway.",
+		}),
+		Panics: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "cusax_panics_total",
+			Help: "Panics recovered in per-request or per-call goroutines (each also logged).",
+		}),
+	}
+	for _, a := range []string{"stamped", "stripped", "kept"} {
+		m.CallInfo.WithLabelValues(a)
+	}
+	for _, o := range []string{"phone", "pbx"} {
+		for _, r := range []string{"answered", "rejected", "cancelled", "failed"} {
+			m.Calls.WithLabelValues(o, r)
+		}
+	}
+	reg.MustRegister(m.Requests, m.Responses, m.CallsActive, m.Calls, m.CallInfo, m.Registrations, m.Panics)
+	return m
+}

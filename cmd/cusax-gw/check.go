@@ -1,0 +1,231 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/cusax-gw/cusax-gw/b2bua"
+	"github.com/cusax-gw/cusax-gw/component"
+	"github.com/cusax-gw/cusax-gw/internal/check"
+	"github.com/cusax-gw/cusax-gw/internal/config"
+	"github.com/cusax-gw/cusax-gw/rtprelay"
+)
+
+// probeTimeout bounds each probe of `cusax-gw check`.
+const probeTimeout = 8 * time.Second
+
+func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+	fs := newFlagSet("check", stderr)
+	path := fs.String("config", "config.yaml", "configuration `file`")
+	offline := fs.Bool("offline", false, "validate the configuration only; probe nothing")
+	if code := parseFlags(fs, args); code >= 0 {
+		return code
+	}
+	cfg, ok := loadConfig(*path, stderr, getenv)
+	if !ok {
+		return exitUsage
+	}
+	fmt.Fprintf(stdout, "PASS  config  %s is valid\n", *path)
+	for _, w := range cfg.Warnings() {
+		fmt.Fprintf(stdout, "WARN  config  %s\n", w)
+	}
+	if *offline {
+		return exitOK
+	}
+	results := check.Run(ctx, probes(cfg), probeTimeout)
+	if !check.Print(stdout, results) {
+		return exitFailure
+	}
+	return exitOK
+}
+
+// probes returns the probes for cfg in the order they are printed. Each
+// subsystem contributes its own; this list is where they meet.
+func probes(cfg *config.Config) []check.Probe {
+	ps := []check.Probe{
+		{Name: "admin", Run: func(ctx context.Context) (string, error) { return probeAdmin(ctx, cfg) }},
+	}
+	for _, l := range cfg.SIPListeners() {
+		ps = append(ps, check.Probe{Name: "sip-listen", Run: func(ctx context.Context) (string, error) {
+			return probeBind(ctx, cfg, l.Network, l.Addr)
+		}})
+	}
+	ps = append(ps,
+		check.Probe{Name: "rtp-ports", Run: func(context.Context) (string, error) { return probeRTPPorts(cfg) }},
+		check.Probe{Name: "xmpp", Run: func(ctx context.Context) (string, error) { return probeXMPP(ctx, cfg) }},
+	)
+	if cfg.UsesRedis() {
+		ps = append(ps, check.Probe{Name: "redis", Run: func(ctx context.Context) (string, error) { return probeRedis(ctx, cfg) }})
+	}
+	ps = append(ps, check.Probe{Name: "pbx", Run: func(ctx context.Context) (string, error) {
+		code, reason, err := b2bua.ProbePBX(ctx, cfg.SIP.PBX, "cusax-gw-check/"+version)
+		switch {
+		case err != nil:
+			return "", err
+		case code >= 500 || code == 408:
+			return "", fmt.Errorf("%s answered OPTIONS with %d %s", cfg.SIP.PBX, code, reason)
+		}
+		return fmt.Sprintf("%s answered OPTIONS with %d %s", cfg.SIP.PBX, code, reason), nil
+	}})
+	return ps
+}
+
+// probeAdmin checks that admin.listen can be bound, or is already served
+// by a running cusax-gw.
+func probeAdmin(ctx context.Context, cfg *config.Config) (string, error) {
+	ln, err := net.Listen("tcp", cfg.Admin.Listen)
+	if err == nil {
+		ln.Close()
+		return cfg.Admin.Listen + " can be bound", nil
+	}
+	if running(ctx, cfg) {
+		return cfg.Admin.Listen + " is served by a running cusax-gw", nil
+	}
+	return "", fmt.Errorf("admin.listen %s cannot be bound: %w", cfg.Admin.Listen, unwrapOp(err))
+}
+
+// running reports whether a cusax-gw answers /healthz on admin.listen.
+func running(ctx context.Context, cfg *config.Config) bool {
+	host, port, _ := net.SplitHostPort(cfg.Admin.Listen)
+	if ip, err := netip.ParseAddr(host); host == "" || (err == nil && ip.IsUnspecified()) {
+		host = "127.0.0.1"
+	}
+	req, err := http.NewRequestWithContext(ctx, "GET", "http://"+net.JoinHostPort(host, port)+"/healthz", nil)
+	if err != nil {
+		return false
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return false
+	}
+	defer res.Body.Close()
+	var body struct {
+		Subsystems map[string]any `json:"subsystems"`
+	}
+	return res.StatusCode == 200 && json.NewDecoder(io.LimitReader(res.Body, 1<<16)).Decode(&body) == nil && body.Subsystems != nil
+}
+
+func probeBind(ctx context.Context, cfg *config.Config, network, addr string) (string, error) {
+	name := network + "://" + addr
+	var err error
+	if network == "udp" {
+		var c net.PacketConn
+		if c, err = net.ListenPacket("udp", addr); err == nil {
+			c.Close()
+		}
+	} else {
+		var ln net.Listener
+		if ln, err = net.Listen("tcp", addr); err == nil {
+			ln.Close()
+		}
+	}
+	if err == nil {
+		return name + " can be bound", nil
+	}
+	if running(ctx, cfg) {
+		return name + " is in use, by the running cusax-gw", nil
+	}
+	return "", fmt.Errorf("sip.listen %s cannot be bound: %w", name, unwrapOp(err))
+}
+
+func probeRTPPorts(cfg *config.Config) (string, error) {
+	listen, _ := netip.ParseAddr(cfg.RTP.Listen)
+	if _, _, err := rtprelay.ProbePorts(listen, cfg.RTP.PortMin, cfg.RTP.PortMax); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("all %d UDP ports %d..%d can be bound on %s", cfg.RTP.PortMax-cfg.RTP.PortMin+1, cfg.RTP.PortMin, cfg.RTP.PortMax, listen), nil
+}
+
+// probeXMPP connects as the component and reports the XEP-0356 grants.
+func probeXMPP(ctx context.Context, cfg *config.Config) (string, error) {
+	c, err := (&net.Dialer{}).DialContext(ctx, "tcp", cfg.XMPP.Server)
+	if err != nil {
+		return "", fmt.Errorf("xmpp.server %s unreachable: %w", cfg.XMPP.Server, unwrapOp(err))
+	}
+	c.Close()
+	if cfg.XMPP.Secret == "" {
+		return "", fmt.Errorf("xmpp.server %s reachable, but xmpp.secret is empty: no handshake possible", cfg.XMPP.Server)
+	}
+	priv, err := component.Probe(ctx, component.Config{
+		JID: cfg.XMPP.Component, Server: cfg.XMPP.Server,
+		Secret: component.Secret(cfg.XMPP.Secret.Reveal()), Domain: cfg.XMPP.Domain, Version: version,
+	})
+	if err != nil {
+		var he *component.HandshakeError
+		if errors.As(err, &he) && he.Condition == "conflict" {
+			return "", fmt.Errorf("%w (another connection, perhaps the running cusax-gw, holds %s)", err, cfg.XMPP.Component)
+		}
+		return "", err
+	}
+	return fmt.Sprintf("handshake with %s as %s ok; %s", cfg.XMPP.Server, cfg.XMPP.Component, describePrivileges(priv)), nil
+}
+
+func describePrivileges(p component.Privileges) string {
+	if p.Version == 0 {
+		return "no XEP-0356 privileges granted (reach and vCard sync impossible)"
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "XEP-0356 urn:xmpp:privilege:%d: roster=%s message=%s presence=%s", p.Version,
+		orNone(p.Roster), orNone(p.Message), orNone(p.Presence))
+	var ns []string
+	for k, v := range p.IQ {
+		ns = append(ns, k+"="+v)
+	}
+	sort.Strings(ns)
+	if len(ns) == 0 {
+		b.WriteString(" iq=none")
+	} else {
+		b.WriteString(" iq: " + strings.Join(ns, " "))
+	}
+	return b.String()
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}
+
+func probeRedis(ctx context.Context, cfg *config.Config) (string, error) {
+	var client redis.UniversalClient
+	url := cfg.Identity.Redis.URL.Reveal()
+	if strings.Contains(url, "master_name=") {
+		o, err := redis.ParseFailoverURL(url)
+		if err != nil {
+			return "", fmt.Errorf("identity.redis.url: %s", strings.TrimPrefix(err.Error(), "redis: "))
+		}
+		client = redis.NewFailoverClient(o)
+	} else {
+		o, err := redis.ParseURL(url)
+		if err != nil {
+			return "", fmt.Errorf("identity.redis.url: %s", strings.TrimPrefix(err.Error(), "redis: "))
+		}
+		client = redis.NewClient(o)
+	}
+	defer client.Close()
+	if err := client.Ping(ctx).Err(); err != nil {
+		return "", fmt.Errorf("redis PING failed: %w", err)
+	}
+	return "PING answered", nil
+}
+
+// unwrapOp drops the *net.OpError prefix, which repeats the address.
+func unwrapOp(err error) error {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Err != nil {
+		return op.Err
+	}
+	return err
+}

@@ -1,0 +1,237 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"runtime"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/cusax-gw/cusax-gw/b2bua"
+	"github.com/cusax-gw/cusax-gw/component"
+	"github.com/cusax-gw/cusax-gw/internal/admin"
+	"github.com/cusax-gw/cusax-gw/internal/config"
+	"github.com/cusax-gw/cusax-gw/rtprelay"
+)
+
+func cmdRun(ctx context.Context, args []string, stderr io.Writer, getenv func(string) string) int {
+	fs := newFlagSet("run", stderr)
+	path := fs.String("config", "config.yaml", "configuration `file`")
+	if code := parseFlags(fs, args); code >= 0 {
+		return code
+	}
+	cfg, ok := loadConfig(*path, stderr, getenv)
+	if !ok {
+		return exitUsage
+	}
+	log := newLogger(cfg, stderr)
+	d, err := newDaemon(cfg, log)
+	if err != nil {
+		log.Error("startup failed", "err", err)
+		return exitFailure
+	}
+	if err := d.run(ctx); err != nil {
+		log.Error("gateway stopped", "err", err)
+		return exitFailure
+	}
+	return exitOK
+}
+
+func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: cfg.SlogLevel()}
+	if cfg.Log.Format == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+// newRegistry returns the process's metric registry: Go and process
+// collectors and cusax_build_info. There is no default registry.
+func newRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	bi := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "cusax_build_info",
+		Help: "Always 1; the labels tell the version, VCS revision and Go version of this build.",
+	}, []string{"version", "revision", "goversion"})
+	bi.WithLabelValues(version, buildRevision(), runtime.Version()).Set(1)
+	reg.MustRegister(bi)
+	return reg
+}
+
+// daemon is the composition root: the only place that knows every
+// subsystem and wires them together.
+type daemon struct {
+	cfg   *config.Config
+	log   *slog.Logger
+	reg   *prometheus.Registry
+	admin *admin.Server
+	sip   *b2bua.B2BUA
+	relay *rtprelay.Relay
+	xmpp  *component.Component
+}
+
+func newDaemon(cfg *config.Config, log *slog.Logger) (*daemon, error) {
+	d := &daemon{cfg: cfg, log: log, reg: newRegistry()}
+	var err error
+
+	listen, _ := netip.ParseAddr(cfg.RTP.Listen)
+	advertise, _ := netip.ParseAddr(cfg.RTP.Advertise)
+	d.relay, err = rtprelay.New(rtprelay.Config{
+		Listen: listen, Advertise: advertise,
+		PortMin: cfg.RTP.PortMin, PortMax: cfg.RTP.PortMax, Timeout: cfg.RTP.Timeout.D(),
+	}, log.With("subsystem", "rtp"), rtprelay.NewMetrics(d.reg))
+	if err != nil {
+		return nil, err
+	}
+
+	d.xmpp, err = component.New(component.Config{
+		JID:     cfg.XMPP.Component,
+		Server:  cfg.XMPP.Server,
+		Secret:  component.Secret(cfg.XMPP.Secret.Reveal()),
+		Domain:  cfg.XMPP.Domain,
+		Version: version,
+	}, log.With("subsystem", "xmpp"), component.NewMetrics(d.reg))
+	if err != nil {
+		return nil, err
+	}
+
+	tlsConf, err := sipTLS(cfg)
+	if err != nil {
+		return nil, err
+	}
+	var listeners []b2bua.Listener
+	for _, l := range cfg.SIPListeners() {
+		listeners = append(listeners, b2bua.Listener{Network: l.Network, Addr: l.Addr})
+	}
+	d.sip, err = b2bua.New(b2bua.Config{
+		Listen:    listeners,
+		TLS:       tlsConf,
+		Domain:    cfg.SIP.Domain,
+		PBX:       cfg.SIP.PBX,
+		UserAgent: "cusax-gw/" + version,
+	}, log.With("subsystem", "sip"), b2bua.NewMetrics(d.reg))
+	if err != nil {
+		return nil, err
+	}
+
+	d.admin = admin.New(admin.Config{Listen: cfg.Admin.Listen, Token: cfg.Admin.Token.Reveal()}, d.reg, d.reg, log.With("subsystem", "admin"))
+	d.admin.AddCheck("sip", true, func() admin.Status {
+		if ok, detail := d.sip.Ready(); ok {
+			return admin.Status{State: admin.StateUp, Detail: detail}
+		} else {
+			return admin.Status{State: admin.StateDown, Detail: detail}
+		}
+	})
+	d.admin.AddCheck("xmpp", false, func() admin.Status {
+		if d.xmpp.Up() {
+			return admin.Status{State: admin.StateUp, Detail: cfg.XMPP.Server}
+		}
+		return admin.Status{State: admin.StateDown, Detail: "not connected to " + cfg.XMPP.Server + " (retrying)"}
+	})
+	d.admin.AddCheck("rtp", false, func() admin.Status {
+		return admin.Status{State: admin.StateUp, Detail: fmt.Sprintf("ports %d..%d", cfg.RTP.PortMin, cfg.RTP.PortMax)}
+	})
+	d.admin.AddCheck("identity", false, func() admin.Status {
+		return admin.Status{State: admin.StateDisabled, Detail: "identity store not in this build yet"}
+	})
+	return d, nil
+}
+
+func sipTLS(cfg *config.Config) (*tls.Config, error) {
+	if cfg.SIP.TLS.CertFile == "" {
+		return nil, nil
+	}
+	cert, err := tls.LoadX509KeyPair(cfg.SIP.TLS.CertFile, cfg.SIP.TLS.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("sip.tls: %w", err)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
+}
+
+// run binds every listener, runs the subsystems until ctx ends (a signal)
+// or one of them fails, then shuts down in the order of STYLE.md:
+// readiness 503, SIP refuses new calls, active calls get shutdown.drain,
+// then SIP, the component and the relay stop, and the admin server goes
+// last so that metrics stay scrapeable during the drain.
+func (d *daemon) run(ctx context.Context) error {
+	if err := d.admin.Listen(); err != nil {
+		return fmt.Errorf("admin.listen %s: %w", d.cfg.Admin.Listen, err)
+	}
+	if err := d.sip.Listen(); err != nil {
+		return err
+	}
+
+	// Each subsystem gets its own context so that they stop in order.
+	sipCtx, stopSIP := context.WithCancel(context.Background())
+	xmppCtx, stopXMPP := context.WithCancel(context.Background())
+	rtpCtx, stopRTP := context.WithCancel(context.Background())
+	defer stopSIP()
+	defer stopXMPP()
+	defer stopRTP()
+
+	var g errgroup.Group
+	failed := make(chan error, 4)
+	start := func(name string, f func() error) {
+		g.Go(func() error {
+			err := f()
+			if err != nil {
+				err = fmt.Errorf("%s: %w", name, err)
+				failed <- err
+			}
+			return err
+		})
+	}
+	start("admin", d.admin.Serve)
+	start("rtp", func() error { return d.relay.Run(rtpCtx) })
+	start("xmpp", func() error { return d.xmpp.Run(xmppCtx) })
+	start("sip", func() error { return d.sip.Run(sipCtx) })
+	d.log.Info("gateway started", "version", version, "sip", d.sip.Addrs(),
+		"admin", d.admin.Addr().String(), "xmpp", d.cfg.XMPP.Server)
+
+	var cause error
+	select {
+	case <-ctx.Done():
+		d.log.Info("shutting down", "drain", d.cfg.Shutdown.Drain.String())
+	case cause = <-failed:
+		d.log.Error("subsystem failed; shutting down", "err", cause)
+	}
+
+	d.admin.SetDraining()
+	drainCtx, cancel := context.WithTimeout(context.Background(), d.cfg.Shutdown.Drain.D())
+	if left := d.sip.Drain(drainCtx); left > 0 {
+		d.log.Warn("drain timeout; ending remaining calls", "calls", left)
+	}
+	cancel()
+	stopSIP()
+	stopXMPP()
+	stopRTP()
+	// The admin server goes last; give in-flight scrapes a moment.
+	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := d.admin.Shutdown(shutCtx); err != nil {
+		d.log.Warn("admin shutdown", "err", err)
+	}
+	err := g.Wait()
+	if cause != nil {
+		return cause
+	}
+	if err != nil {
+		return err
+	}
+	d.log.Info("gateway stopped")
+	return nil
+}
+
+var errProbe = errors.New("probe failed")
