@@ -43,7 +43,6 @@ func ProbePBX(ctx context.Context, pbx, userAgent string) (int, string, error) {
 	if err != nil {
 		return 0, "", fmt.Errorf("b2bua: %w", err)
 	}
-	defer client.Close()
 
 	req := sip.NewRequest(sip.OPTIONS, uri)
 	req.AppendHeader(sip.NewHeader("Accept", "application/sdp"))

@@ -80,10 +80,14 @@ type daemon struct {
 	sip   *b2bua.B2BUA
 	relay *rtprelay.Relay
 	xmpp  *component.Component
+
+	// started is closed once every listener is bound and every subsystem
+	// runs (tests wait on it).
+	started chan struct{}
 }
 
 func newDaemon(cfg *config.Config, log *slog.Logger) (*daemon, error) {
-	d := &daemon{cfg: cfg, log: log, reg: newRegistry()}
+	d := &daemon{cfg: cfg, log: log, reg: newRegistry(), started: make(chan struct{})}
 	var err error
 
 	listen, _ := netip.ParseAddr(cfg.RTP.Listen)
@@ -199,6 +203,7 @@ func (d *daemon) run(ctx context.Context) error {
 	start("sip", func() error { return d.sip.Run(sipCtx) })
 	d.log.Info("gateway started", "version", version, "sip", d.sip.Addrs(),
 		"admin", d.admin.Addr().String(), "xmpp", d.cfg.XMPP.Server)
+	close(d.started)
 
 	var cause error
 	select {

@@ -167,7 +167,7 @@ rtp:
 	for _, e := range Errors(err) {
 		got = append(got, e.Path)
 	}
-	want := []string{"log.level", "log.format", "rtp.port_min", "rtp.backend"}
+	want := []string{"log.level", "log.format", "rtp.port_min", "rtp.backend"} // file order
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Validate() paths = %v, want %v (err %v)", got, want, err)
 	}

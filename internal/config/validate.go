@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -215,6 +216,11 @@ func (c *Config) Validate() error {
 	if c.Shutdown.Drain.D() < 0 {
 		bad("shutdown.drain", "must not be negative, got %s", c.Shutdown.Drain)
 	}
+	// Report in file order; values from defaults or the environment last.
+	sort.SliceStable(errs, func(i, j int) bool {
+		li, lj := errs[i].(*Error).Line, errs[j].(*Error).Line
+		return li != 0 && (lj == 0 || li < lj)
+	})
 	return errors.Join(errs...)
 }
 

@@ -2,11 +2,17 @@ package testenv
 
 import (
 	"bufio"
+	"context"
+	"encoding/xml"
 	"net"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"mellium.im/xmlstream"
+	"mellium.im/xmpp"
+	"mellium.im/xmpp/jid"
 )
 
 func TestBencodeRoundTrip(t *testing.T) {
@@ -127,4 +133,150 @@ func TestRtpengine(t *testing.T) {
 	if r.PortMax-r.PortMin+1 != rtpenginePorts {
 		t.Fatalf("port range %d..%d, want %d ports", r.PortMin, r.PortMax, rtpenginePorts)
 	}
+}
+
+// xmppTimeout bounds every XMPP exchange in these tests.
+const xmppTimeout = 15 * time.Second
+
+// checkClientLogin logs in as user@domain and checks the bound JID.
+func checkClientLogin(t *testing.T, addr, domain, user, password string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), xmppTimeout)
+	defer cancel()
+	j := jid.MustParse(user + "@" + domain)
+	s, err := DialClient(ctx, addr, j, password)
+	if err != nil {
+		t.Fatalf("DialClient(%s) = %v", j, err)
+	}
+	defer s.Close()
+	if got := s.LocalAddr(); !got.Bare().Equal(j) || got.Resourcepart() == "" {
+		t.Fatalf("bound JID = %s, want %s/<resource>", got, j)
+	}
+	if _, err := DialClient(ctx, addr, j, password+"-wrong"); err == nil {
+		t.Fatalf("DialClient(%s) with a wrong password succeeded, want error", j)
+	}
+}
+
+// privAdvert is what a component learnt from the XEP-0356 permission
+// advert: access -> type, and IQ namespaces -> type.
+type privAdvert struct {
+	ns    string
+	perms map[string]string
+	iq    map[string]string
+}
+
+// componentAdvert completes a component handshake and, when wantAdvert,
+// waits for the XEP-0356 permission advert (which may arrive late).
+func componentAdvert(t *testing.T, addr, domain, secret string, wantAdvert bool) privAdvert {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), xmppTimeout)
+	defer cancel()
+	if _, err := DialComponent(ctx, addr, jid.MustParse(domain), secret+"-wrong"); err == nil {
+		t.Fatalf("DialComponent(%s) with a wrong secret succeeded, want error", domain)
+	}
+	s, err := DialComponent(ctx, addr, jid.MustParse(domain), secret)
+	if err != nil {
+		t.Fatalf("DialComponent(%s) = %v", domain, err)
+	}
+	if !wantAdvert {
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		return privAdvert{}
+	}
+	adverts := make(chan privAdvert, 1)
+	serveErr := make(chan error, 1)
+	go func() {
+		serveErr <- s.Serve(xmpp.HandlerFunc(func(r xmlstream.TokenReadEncoder, start *xml.StartElement) error {
+			if start.Name.Local != "message" {
+				return nil
+			}
+			a := privAdvert{perms: map[string]string{}, iq: map[string]string{}}
+			var access string
+			for {
+				tok, err := r.Token()
+				if err != nil {
+					break
+				}
+				se, ok := tok.(xml.StartElement)
+				if !ok {
+					continue
+				}
+				switch se.Name.Local {
+				case "privilege":
+					a.ns = se.Name.Space
+				case "perm":
+					access = attr(se, "access")
+					a.perms[access] = attr(se, "type")
+				case "namespace":
+					// Prosody nests <namespace/> elements (see REFERENCE.md).
+					a.iq[attr(se, "ns")] = attr(se, "type")
+				}
+			}
+			if a.ns != "" {
+				select {
+				case adverts <- a:
+				default:
+				}
+			}
+			return nil
+		}))
+	}()
+	defer func() {
+		_ = s.Close()
+		<-serveErr
+	}()
+	select {
+	case a := <-adverts:
+		return a
+	case err := <-serveErr:
+		t.Fatalf("component session ended before the privilege advert: %v", err)
+	case <-ctx.Done():
+		t.Fatal("no XEP-0356 privilege advert within", xmppTimeout)
+	}
+	return privAdvert{}
+}
+
+func attr(se xml.StartElement, name string) string {
+	for _, a := range se.Attr {
+		if a.Name.Local == name {
+			return a.Value
+		}
+	}
+	return ""
+}
+
+func TestProsody(t *testing.T) {
+	t.Parallel()
+	x := StartProsody(t, ProsodyOptions{
+		Domain:     "example.com",
+		Users:      map[string]string{"alice": "alice-pw", "bob": "bob pw \"quoted\""},
+		Privileged: true,
+	})
+	checkClientLogin(t, x.C2SAddr, x.Domain, "alice", "alice-pw")
+	checkClientLogin(t, x.C2SAddr, x.Domain, "bob", "bob pw \"quoted\"")
+	a := componentAdvert(t, x.ComponentAddr, x.Component, x.Secret, true)
+	if a.ns != "urn:xmpp:privilege:2" {
+		t.Errorf("advert namespace = %q, want urn:xmpp:privilege:2", a.ns)
+	}
+	for access, typ := range map[string]string{"roster": "get", "presence": "managed_entity", "message": "outgoing"} {
+		if a.perms[access] != typ {
+			t.Errorf("advert perm %s = %q, want %q (advert %+v)", access, a.perms[access], typ, a)
+		}
+	}
+	for _, ns := range []string{"http://jabber.org/protocol/pubsub", "vcard-temp", "urn:ietf:params:xml:ns:vcard-4.0"} {
+		if a.iq[ns] != "both" {
+			t.Errorf("advert iq %s = %q, want both (advert %+v)", ns, a.iq[ns], a)
+		}
+	}
+
+	pid := x.PID
+	if err := x.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	if x.PID == pid {
+		t.Fatalf("PID after Restart = %d, want a new process", x.PID)
+	}
+	// Accounts live in the data dir and survive a restart.
+	checkClientLogin(t, x.C2SAddr, x.Domain, "alice", "alice-pw")
 }
