@@ -94,6 +94,8 @@ func (b *B2BUA) Listen() error {
 			}{l.Network, ln})
 		}
 	}
+	// Bound sockets queue requests until Run serves them: ready from now.
+	b.serving.Store(true)
 	return nil
 }
 
@@ -148,7 +150,6 @@ func (b *B2BUA) Run(ctx context.Context) error {
 			}
 		})
 	}
-	b.serving.Store(true)
 	<-gctx.Done()
 	b.serving.Store(false)
 	b.mu.Lock()
@@ -173,7 +174,8 @@ func (b *B2BUA) Drain(ctx context.Context) int {
 	return 0 // Calls arrive with the b2bua issue; none can be active yet.
 }
 
-// Ready reports whether the SIP listeners are serving, for /readyz.
+// Ready reports whether the SIP listeners are bound and served (from a
+// successful Listen until Run stops), for /readyz.
 func (b *B2BUA) Ready() (bool, string) {
 	if b.serving.Load() {
 		return true, fmt.Sprint(b.Addrs())
