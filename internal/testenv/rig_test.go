@@ -3,13 +3,18 @@ package testenv
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"encoding/xml"
 	"net"
 	"reflect"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
 	"mellium.im/xmlstream"
 	"mellium.im/xmpp"
 	"mellium.im/xmpp/jid"
@@ -279,4 +284,119 @@ func TestProsody(t *testing.T) {
 	}
 	// Accounts live in the data dir and survive a restart.
 	checkClientLogin(t, x.C2SAddr, x.Domain, "alice", "alice-pw")
+}
+
+func TestKamailio(t *testing.T) {
+	t.Parallel()
+	k := StartKamailioOptions(t, KamailioOptions{Domains: []string{"example.com"}})
+	ua, err := sipgo.NewUA(sipgo.WithUserAgent("testenv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ua.Close()
+	c, err := sipgo.NewClient(ua, sipgo.WithClientHostname("127.0.0.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for _, tc := range []struct {
+		uri  string
+		want int
+	}{
+		{"sip:" + k.Addr, 200},
+		{"sip:" + k.Addr + ";transport=tcp", 200},
+		{"sip:nobody@" + k.Addr, 404},   // registrar lookup, nobody registered
+		{"sip:nobody@example.com", 404}, // alias is local too (sent to Addr below)
+	} {
+		var uri sip.Uri
+		if err := sip.ParseUri(tc.uri, &uri); err != nil {
+			t.Fatal(err)
+		}
+		req := sip.NewRequest(sip.OPTIONS, uri)
+		req.SetDestination(k.Addr)
+		if strings.Contains(tc.uri, "transport=tcp") {
+			req.SetTransport("TCP")
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		res, err := c.Do(ctx, req)
+		cancel()
+		if err != nil {
+			t.Fatalf("OPTIONS %s: %v", tc.uri, err)
+		}
+		if res.StatusCode != tc.want {
+			t.Errorf("OPTIONS %s = %d %s, want %d", tc.uri, res.StatusCode, res.Reason, tc.want)
+		}
+	}
+}
+
+func TestSIPp(t *testing.T) {
+	t.Parallel()
+	uas := StartSIPpUAS(t, "-m", "1")
+	res := RunSIPp(t, 30*time.Second, "-sn", "uac", "-m", "1", "-timeout", "20s", uas.Addr)
+	if res.ExitCode != SIPpOK || !strings.Contains(res.Output, "Successful call") {
+		t.Fatalf("sipp uac -> uas exit %d, want 0; output:\n%s", res.ExitCode, tail(res.Output, 3000))
+	}
+	if got := uas.Wait(10 * time.Second); got.ExitCode != SIPpOK {
+		t.Fatalf("sipp uas exit %d, want 0; output:\n%s", got.ExitCode, tail(got.Output, 3000))
+	}
+	// No UAS: the uac must fail (proves the exit status is read).
+	res = RunSIPp(t, 30*time.Second, "-sn", "uac", "-m", "1", "-timeout", "3s", "-timeout_error", "-recv_timeout", "1s", "127.0.0.1:"+strconv.Itoa(FreePort(t)))
+	if res.ExitCode == SIPpOK {
+		t.Fatalf("sipp uac to a closed port exit 0, want failure; output:\n%s", tail(res.Output, 3000))
+	}
+}
+
+func TestBaresip(t *testing.T) {
+	t.Parallel()
+	k := StartKamailioOptions(t, KamailioOptions{Domains: []string{"example.com"}})
+	b := StartBaresip(t, BaresipOptions{Registrar: k.Addr, User: "alice", Domain: "example.com"})
+	if err := b.WaitRegistered(20 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	// A call through Kamailio to the registered AOR, answered by baresip
+	// (answermode auto): proves the registration landed in the location
+	// table and the proxy relays to it.
+	res := RunSIPp(t, 30*time.Second, "-sn", "uac", "-s", "alice", "-m", "1", "-timeout", "20s", k.Addr)
+	if res.ExitCode != SIPpOK {
+		t.Fatalf("sipp uac -> kamailio -> baresip exit %d, want 0; output:\n%s\nbaresip log:\n%s", res.ExitCode, tail(res.Output, 3000), fileTail(b.Dir+"/baresip.log", 3000))
+	}
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+func TestEjabberd(t *testing.T) {
+	t.Parallel()
+	e := StartEjabberd(t, EjabberdOptions{
+		Domain: "example.net",
+		Users:  map[string]string{"alice": "alice-pw", "bob": "bob-pw"},
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), xmppTimeout)
+	defer cancel()
+	body, err := e.API(ctx, "registered_users", map[string]string{"host": e.Domain})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var users []string
+	if err := json.Unmarshal(body, &users); err != nil {
+		t.Fatalf("registered_users = %s: %v", body, err)
+	}
+	slices.Sort(users)
+	if want := []string{"alice", "bob"}; !slices.Equal(users, want) {
+		t.Fatalf("registered_users = %v, want %v", users, want)
+	}
+	checkClientLogin(t, e.C2SAddr, e.Domain, "alice", "alice-pw")
+	a := componentAdvert(t, e.ComponentAddr, e.Component, e.Secret, true)
+	if a.ns != "urn:xmpp:privilege:1" {
+		t.Errorf("advert namespace = %q, want urn:xmpp:privilege:1", a.ns)
+	}
+	for access, typ := range map[string]string{"roster": "get", "presence": "managed_entity", "message": "outgoing"} {
+		if a.perms[access] != typ {
+			t.Errorf("advert perm %s = %q, want %q (advert %+v)", access, a.perms[access], typ, a)
+		}
+	}
 }
