@@ -2,13 +2,24 @@
 # install.sh installs the real servers the integration test rig starts
 # (internal/testenv, scripts/rig/prosody.sh) from Debian 12 packages.
 #
+#	scripts/rig/install.sh            every rig package
+#	scripts/rig/install.sh PKG...     only these (e.g. prosody prosody-modules)
+#
 # Run as root. Idempotent: when every package is already installed it does
 # not touch apt at all. Package maintainer scripts are kept from starting
 # system services (policy-rc.d exiting 101); anything started anyway is
 # stopped again, so the rig owns every server process it talks to.
 set -eu
 
+# Debian 12 names. mod_privilege comes with prosody-modules (installed into
+# /usr/lib/prosody/modules); kamailio's base package has every module the
+# rig loads (tm, sl, rr, pv, maxfwd, usrloc, registrar, textops, siputils,
+# sanity); sip-tester is SIPp; rtpengine-daemon runs in userspace without
+# its kernel module.
 PKGS="prosody prosody-modules lua-unbound ejabberd redis-server sip-tester baresip kamailio rtpengine-daemon"
+if [ $# -gt 0 ]; then
+	PKGS="$*"
+fi
 
 if [ "$(id -u)" -ne 0 ]; then
 	echo "install.sh: must run as root" >&2
