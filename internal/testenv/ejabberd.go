@@ -36,7 +36,8 @@ type EjabberdOptions struct {
 }
 
 // Ejabberd is an ejabberd node started by StartEjabberd. Its methods are
-// safe for concurrent use; PID changes when the node is restarted.
+// safe for concurrent use. PID changes when the node is restarted: read it
+// from the goroutine that calls Restart.
 type Ejabberd struct {
 	// Domain, Component and Secret are the effective options.
 	Domain, Component, Secret string

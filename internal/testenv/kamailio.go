@@ -177,12 +177,15 @@ func StartKamailioOptions(t testing.TB, opts KamailioOptions) *Kamailio {
 		t.Fatal(err)
 	}
 	// -DD keeps the main process in the foreground (it still forks its
-	// workers, which exit with it); -E logs to stderr; small memory pools.
+	// workers); -E logs to stderr; small memory pools. The workers outlive
+	// a main process killed with SIGKILL, holding the port: run them in
+	// their own process group and signal the group.
 	p, err := startProcess(procSpec{
-		name: "kamailio",
-		path: path,
-		args: []string{"-f", cfg, "-DD", "-E", "-m", "32", "-M", "8", "-Y", dir, "-w", dir},
-		dir:  dir,
+		name:  "kamailio",
+		path:  path,
+		args:  []string{"-f", cfg, "-DD", "-E", "-m", "32", "-M", "8", "-Y", dir, "-w", dir},
+		dir:   dir,
+		group: true,
 	})
 	if err != nil {
 		t.Fatal(err)

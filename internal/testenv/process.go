@@ -17,7 +17,9 @@
 // bound socket) polled against a deadline, never a fixed sleep. Servers are
 // stopped with SIGTERM, then SIGKILL after a grace period, from t.Cleanup.
 // Started processes also get SIGKILL from the kernel if the test binary dies
-// (PR_SET_PDEATHSIG), so a crashed run leaves nothing behind.
+// (PR_SET_PDEATHSIG). That reaches the process the rig started, not its
+// children: Kamailio's workers and ejabberd's Erlang VM can outlive a test
+// binary that was itself killed (they then hold only their random ports).
 package testenv
 
 import (

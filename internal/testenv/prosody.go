@@ -37,7 +37,8 @@ type ProsodyOptions struct {
 }
 
 // Prosody is a Prosody server started by StartProsody. Its methods are
-// safe for concurrent use; PID changes when the server is restarted.
+// safe for concurrent use. PID changes when the server is restarted: read
+// it from the goroutine that calls Restart.
 type Prosody struct {
 	// Domain, Component and Secret are the effective options.
 	Domain, Component, Secret string

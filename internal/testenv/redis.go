@@ -29,7 +29,8 @@ databases 16
 `))
 
 // Redis is a redis-server started by StartRedis. Its methods are safe for
-// concurrent use; PID changes when the server is restarted.
+// concurrent use. PID changes when the server is restarted: read it from
+// the goroutine that calls Restart.
 type Redis struct {
 	// Addr is host:port on 127.0.0.1.
 	Addr string
