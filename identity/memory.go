@@ -1,0 +1,303 @@
+package identity
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+)
+
+// MemoryStore is a Store that keeps everything in memory: for tests of the
+// packages that use identities, and for trying the gateway out. It loses
+// everything when the process ends. It keeps the last 10,000 events to
+// replay a Watch from an older revision; older ones get OpResync.
+//
+// Create it with NewMemoryStore. It is safe for concurrent use.
+type MemoryStore struct {
+	feed *feed
+
+	mu     sync.RWMutex
+	closed bool
+	rev    uint64
+	byJID  map[string]*Identity
+	jids   []string       // sorted, for List
+	owner  map[Key]string // every key -> its identity's JID
+	log    []Event        // the most recent events, in order
+	logMax int
+}
+
+var _ Store = (*MemoryStore)(nil)
+
+// NewMemoryStore returns an empty MemoryStore.
+func NewMemoryStore() *MemoryStore {
+	s := &MemoryStore{
+		byJID:  map[string]*Identity{},
+		owner:  map[Key]string{},
+		logMax: defaultLogSize,
+	}
+	s.feed = newFeed(0, 0, s.replay)
+	return s
+}
+
+func (s *MemoryStore) replay(from, to uint64) ([]Event, bool, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if len(s.log) == 0 || s.log[0].Rev > from+1 {
+		return nil, false, nil
+	}
+	i, _ := slices.BinarySearchFunc(s.log, from+1, func(e Event, r uint64) int { return cmpRev(e.Rev, r) })
+	var out []Event
+	for _, e := range s.log[i:] {
+		if e.Rev > to {
+			break
+		}
+		out = append(out, e)
+	}
+	return out, true, nil
+}
+
+func cmpRev(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// begin checks ctx and the closed flag; the caller holds mu.
+func (s *MemoryStore) check(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if s.closed {
+		return ErrClosed
+	}
+	return nil
+}
+
+func (s *MemoryStore) ownerOf(k Key) (string, error) { return s.owner[k], nil }
+
+// Get implements Store.
+func (s *MemoryStore) Get(ctx context.Context, jid string) (Identity, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if err := s.check(ctx); err != nil {
+		return Identity{}, err
+	}
+	p, ok := s.byJID[jid]
+	if !ok {
+		return Identity{}, fmt.Errorf("%w: jid %s", ErrNotFound, jid)
+	}
+	return p.Clone(), nil
+}
+
+// Lookup implements Store.
+func (s *MemoryStore) Lookup(ctx context.Context, key Key) (Identity, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if err := s.check(ctx); err != nil {
+		return Identity{}, err
+	}
+	jid, ok := s.owner[key]
+	if !ok {
+		return Identity{}, fmt.Errorf("%w: %s", ErrNotFound, key)
+	}
+	return s.byJID[jid].Clone(), nil
+}
+
+// Create implements Store.
+func (s *MemoryStore) Create(ctx context.Context, id Identity) (Identity, error) {
+	return s.write(ctx, id, true)
+}
+
+// Put implements Store.
+func (s *MemoryStore) Put(ctx context.Context, id Identity) (Identity, error) {
+	return s.write(ctx, id, false)
+}
+
+func (s *MemoryStore) write(ctx context.Context, id Identity, create bool) (Identity, error) {
+	if err := checkStorable(id); err != nil {
+		return Identity{}, err
+	}
+	id = id.Clone()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(ctx); err != nil {
+		return Identity{}, err
+	}
+	if err := checkClaims(id, create, s.ownerOf); err != nil {
+		return Identity{}, err
+	}
+	if old, ok := s.byJID[id.JID]; ok {
+		s.unindex(old)
+	} else {
+		s.insertJID(id.JID)
+	}
+	s.rev++
+	id.Version = s.rev
+	s.index(&id)
+	s.emit([]Event{{Op: OpPut, Rev: s.rev, JID: id.JID, Identity: id.Clone()}})
+	return id.Clone(), nil
+}
+
+// Delete implements Store.
+func (s *MemoryStore) Delete(ctx context.Context, jid string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(ctx); err != nil {
+		return err
+	}
+	old, ok := s.byJID[jid]
+	if !ok {
+		return fmt.Errorf("%w: jid %s", ErrNotFound, jid)
+	}
+	s.unindex(old)
+	delete(s.byJID, jid)
+	if i, found := slices.BinarySearch(s.jids, jid); found {
+		s.jids = slices.Delete(s.jids, i, i+1)
+	}
+	s.rev++
+	s.emit([]Event{{Op: OpDelete, Rev: s.rev, JID: jid, Identity: old.Clone()}})
+	return nil
+}
+
+// List implements Store.
+func (s *MemoryStore) List(ctx context.Context, after string, limit int) ([]Identity, string, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if err := s.check(ctx); err != nil {
+		return nil, "", err
+	}
+	if limit <= 0 {
+		limit = len(s.jids)
+	}
+	i, found := slices.BinarySearch(s.jids, after)
+	if found {
+		i++
+	}
+	out := make([]Identity, 0, min(limit, len(s.jids)-i))
+	for ; i < len(s.jids) && len(out) < limit; i++ {
+		out = append(out, s.byJID[s.jids[i]].Clone())
+	}
+	next := ""
+	if i < len(s.jids) {
+		next = out[len(out)-1].JID
+	}
+	return out, next, nil
+}
+
+// Import implements Store.
+func (s *MemoryStore) Import(ctx context.Context, ids []Identity) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(ctx); err != nil {
+		return err
+	}
+	if err := checkBatch(ids, s.ownerOf); err != nil {
+		return err
+	}
+	evs := make([]Event, 0, min(len(ids), s.logMax))
+	for i, id := range ids {
+		id = id.Clone()
+		s.rev++
+		id.Version = s.rev
+		p := &id
+		s.byJID[id.JID] = p
+		s.index(p)
+		if len(ids)-i <= s.logMax {
+			evs = append(evs, Event{Op: OpPut, Rev: s.rev, JID: id.JID, Identity: id.Clone()})
+		}
+	}
+	s.jids = append(s.jids, make([]string, 0, len(ids))...)
+	for _, id := range ids {
+		s.jids = append(s.jids, id.JID)
+	}
+	slices.Sort(s.jids)
+	if len(evs) < len(ids) {
+		s.log = s.log[:0] // the events before evs are gone: replays must resync
+	}
+	s.emit(evs)
+	return nil
+}
+
+// Count implements Store.
+func (s *MemoryStore) Count(ctx context.Context) (int, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if err := s.check(ctx); err != nil {
+		return 0, err
+	}
+	return len(s.byJID), nil
+}
+
+// Rev implements Store.
+func (s *MemoryStore) Rev(ctx context.Context) (uint64, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if err := s.check(ctx); err != nil {
+		return 0, err
+	}
+	return s.rev, nil
+}
+
+// Watch implements Store. It replays from the last 10,000 events and sends
+// OpResync when from is older than that.
+func (s *MemoryStore) Watch(ctx context.Context, from uint64) (<-chan Event, error) {
+	s.mu.RLock()
+	closed := s.closed
+	s.mu.RUnlock()
+	if closed {
+		return nil, ErrClosed
+	}
+	return s.feed.watch(ctx, from)
+}
+
+// Ping implements Store.
+func (s *MemoryStore) Ping(ctx context.Context) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.check(ctx)
+}
+
+// Close implements Store. Watch channels close; later calls return
+// ErrClosed. Closing twice is harmless.
+func (s *MemoryStore) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	s.feed.close()
+	return nil
+}
+
+// emit appends evs to the log and publishes them; the caller holds mu.
+func (s *MemoryStore) emit(evs []Event) {
+	s.log = append(s.log, evs...)
+	if len(s.log) > 2*s.logMax {
+		s.log = slices.Clone(s.log[len(s.log)-s.logMax:])
+	}
+	s.feed.publish(evs)
+}
+
+func (s *MemoryStore) index(p *Identity) {
+	s.byJID[p.JID] = p
+	for _, k := range p.Keys() {
+		s.owner[k] = p.JID
+	}
+}
+
+func (s *MemoryStore) unindex(p *Identity) {
+	for _, k := range p.Keys() {
+		if s.owner[k] == p.JID {
+			delete(s.owner, k)
+		}
+	}
+}
+
+func (s *MemoryStore) insertJID(jid string) {
+	i, found := slices.BinarySearch(s.jids, jid)
+	if !found {
+		s.jids = slices.Insert(s.jids, i, jid)
+	}
+}
