@@ -38,7 +38,7 @@ fi
 command -v go >/dev/null 2>&1 || die "the Go toolchain is needed (go not found on PATH or in /usr/local/go/bin)"
 
 # 1. Packages: Prosody and its community modules (mod_privilege).
-if ! command -v prosody >/dev/null 2>&1 || [ ! -d /usr/lib/prosody-modules ]; then
+if ! command -v prosody >/dev/null 2>&1 || [ ! -f /usr/lib/prosody/modules/mod_privilege/mod_privilege.lua ]; then
 	[ "$(id -u)" -eq 0 ] || die "Prosody is not installed; run this script as root (sudo bash scripts/demo.sh) to install it"
 	say "installing Prosody from Debian packages"
 	bash scripts/rig/install.sh prosody prosody-modules lua-unbound

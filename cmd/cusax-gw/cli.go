@@ -48,8 +48,7 @@ func cli(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	case "check":
 		return cmdCheck(ctx, rest, stdout, stderr, getenv)
 	case "identity":
-		fmt.Fprintln(stderr, "cusax-gw identity: not available in this build yet (the identity store is the next milestone)")
-		return exitFailure
+		return cmdIdentity(ctx, rest, stdout, stderr, getenv)
 	case "version", "-version", "--version":
 		fmt.Fprintln(stdout, versionString())
 		return exitOK

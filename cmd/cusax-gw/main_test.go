@@ -28,8 +28,8 @@ func TestCLIExitCodes(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {
-		args       []string
-		code       int
+		args        []string
+		code        int
 		out, errOut string
 	}{
 		{nil, exitUsage, "", "usage: cusax-gw"},

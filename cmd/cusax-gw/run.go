@@ -17,7 +17,9 @@ import (
 
 	"github.com/cusax-gw/cusax-gw/b2bua"
 	"github.com/cusax-gw/cusax-gw/component"
+	"github.com/cusax-gw/cusax-gw/identity"
 	"github.com/cusax-gw/cusax-gw/internal/admin"
+	"github.com/cusax-gw/cusax-gw/internal/api"
 	"github.com/cusax-gw/cusax-gw/internal/config"
 	"github.com/cusax-gw/cusax-gw/rtprelay"
 )
@@ -80,15 +82,37 @@ type daemon struct {
 	sip   *b2bua.B2BUA
 	relay *rtprelay.Relay
 	xmpp  *component.Component
+	store identity.Store
+	dir   *identity.Directory
 
 	// started is closed once every listener is bound and every subsystem
 	// runs (tests wait on it).
 	started chan struct{}
 }
 
-func newDaemon(cfg *config.Config, log *slog.Logger) (*daemon, error) {
+func newDaemon(cfg *config.Config, log *slog.Logger) (_ *daemon, err error) {
 	d := &daemon{cfg: cfg, log: log, reg: newRegistry(), started: make(chan struct{})}
-	var err error
+	defer func() {
+		if err != nil && d.store != nil {
+			d.store.Close()
+		}
+	}()
+
+	norm, err := identity.NewNormalizer(cfg.Identity.DefaultRegion)
+	if err != nil {
+		return nil, fmt.Errorf("identity.default_region: %w", err)
+	}
+	switch cfg.Identity.Backend {
+	case "redis":
+		d.store, err = identity.OpenRedis(cfg.Identity.Redis.URL.Reveal(), identity.RedisOptions{KeyPrefix: cfg.Identity.Redis.KeyPrefix})
+	default:
+		d.store, err = identity.OpenBolt(cfg.Identity.Path, identity.BoltOptions{})
+	}
+	if err != nil {
+		return nil, err
+	}
+	d.dir = identity.NewDirectory(d.store, norm, cfg.Identity.Backend, log.With("subsystem", "identity"),
+		identity.NewMetrics(d.reg), identity.DirectoryOptions{})
 
 	listen, _ := netip.ParseAddr(cfg.RTP.Listen)
 	advertise, _ := netip.ParseAddr(cfg.RTP.Advertise)
@@ -147,9 +171,11 @@ func newDaemon(cfg *config.Config, log *slog.Logger) (*daemon, error) {
 	d.admin.AddCheck("rtp", false, func() admin.Status {
 		return admin.Status{State: admin.StateUp, Detail: fmt.Sprintf("ports %d..%d", cfg.RTP.PortMin, cfg.RTP.PortMax)}
 	})
-	d.admin.AddCheck("identity", false, func() admin.Status {
-		return admin.Status{State: admin.StateDisabled, Detail: "identity store not in this build yet"}
+	d.admin.AddCheck("identity", true, func() admin.Status {
+		state, detail := d.dir.Status()
+		return admin.Status{State: state, Detail: detail}
 	})
+	api.Mount(d.admin, d.dir, log.With("subsystem", "api"))
 	return d, nil
 }
 
@@ -170,6 +196,7 @@ func sipTLS(cfg *config.Config) (*tls.Config, error) {
 // then SIP, the component and the relay stop, and the admin server goes
 // last so that metrics stay scrapeable during the drain.
 func (d *daemon) run(ctx context.Context) error {
+	defer d.store.Close()
 	if err := d.admin.Listen(); err != nil {
 		return fmt.Errorf("admin.listen %s: %w", d.cfg.Admin.Listen, err)
 	}
@@ -181,6 +208,8 @@ func (d *daemon) run(ctx context.Context) error {
 	sipCtx, stopSIP := context.WithCancel(context.Background())
 	xmppCtx, stopXMPP := context.WithCancel(context.Background())
 	rtpCtx, stopRTP := context.WithCancel(context.Background())
+	idCtx, stopIdentity := context.WithCancel(context.Background())
+	defer stopIdentity()
 	defer stopSIP()
 	defer stopXMPP()
 	defer stopRTP()
@@ -198,6 +227,7 @@ func (d *daemon) run(ctx context.Context) error {
 		})
 	}
 	start("admin", d.admin.Serve)
+	start("identity", func() error { return d.dir.Run(idCtx) })
 	start("rtp", func() error { return d.relay.Run(rtpCtx) })
 	start("xmpp", func() error { return d.xmpp.Run(xmppCtx) })
 	start("sip", func() error { return d.sip.Run(sipCtx) })
@@ -222,6 +252,7 @@ func (d *daemon) run(ctx context.Context) error {
 	stopSIP()
 	stopXMPP()
 	stopRTP()
+	stopIdentity()
 	// The admin server goes last; give in-flight scrapes a moment.
 	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
