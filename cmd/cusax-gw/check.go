@@ -97,23 +97,31 @@ func probeAdmin(ctx context.Context, cfg *config.Config) (string, error) {
 
 // running reports whether a cusax-gw answers /healthz on admin.listen.
 func running(ctx context.Context, cfg *config.Config) bool {
+	_, ok := runningHealth(ctx, cfg)
+	return ok
+}
+
+// runningHealth returns the subsystem states a running cusax-gw reports on
+// admin.listen, and whether one answered.
+func runningHealth(ctx context.Context, cfg *config.Config) (map[string]struct{ State, Detail string }, bool) {
 	host, port, _ := net.SplitHostPort(cfg.Admin.Listen)
 	if ip, err := netip.ParseAddr(host); host == "" || (err == nil && ip.IsUnspecified()) {
 		host = "127.0.0.1"
 	}
 	req, err := http.NewRequestWithContext(ctx, "GET", "http://"+net.JoinHostPort(host, port)+"/healthz", nil)
 	if err != nil {
-		return false
+		return nil, false
 	}
 	res, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return false
+		return nil, false
 	}
 	defer res.Body.Close()
 	var body struct {
-		Subsystems map[string]any `json:"subsystems"`
+		Subsystems map[string]struct{ State, Detail string } `json:"subsystems"`
 	}
-	return res.StatusCode == 200 && json.NewDecoder(io.LimitReader(res.Body, 1<<16)).Decode(&body) == nil && body.Subsystems != nil
+	ok := res.StatusCode == 200 && json.NewDecoder(io.LimitReader(res.Body, 1<<16)).Decode(&body) == nil && body.Subsystems != nil
+	return body.Subsystems, ok
 }
 
 func probeBind(ctx context.Context, cfg *config.Config, network, addr string) (string, error) {
@@ -164,7 +172,10 @@ func probeXMPP(ctx context.Context, cfg *config.Config) (string, error) {
 	if err != nil {
 		var he *component.HandshakeError
 		if errors.As(err, &he) && he.Condition == "conflict" {
-			return "", fmt.Errorf("%w (another connection, perhaps the running cusax-gw, holds %s)", err, cfg.XMPP.Component)
+			if subs, ok := runningHealth(ctx, cfg); ok && subs["xmpp"].State == "up" {
+				return fmt.Sprintf("%s is connected as %s by the running cusax-gw (the server refused this probe's second connection)", cfg.XMPP.Server, cfg.XMPP.Component), nil
+			}
+			return "", fmt.Errorf("%w (another connection holds %s)", err, cfg.XMPP.Component)
 		}
 		return "", err
 	}
