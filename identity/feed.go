@@ -20,7 +20,10 @@ type replayFunc func(from, to uint64) (evs []Event, ok bool, err error)
 // buffered channel; publishing never blocks: a watcher whose buffer is full
 // is dropped from the broadcast (its channel closed), and its goroutine
 // re-registers and catches up from the store's event log, or sends
-// OpResync when the log no longer reaches back far enough.
+// OpResync when the log no longer reaches back far enough. The stores
+// using it give every event its own revision, one more than the last, so
+// a watcher that sees a jump knows it missed events and catches up the
+// same way.
 type feed struct {
 	replay replayFunc
 	buf    int
@@ -153,6 +156,13 @@ func (f *feed) run(ctx context.Context, w *watcher, rev, last uint64, out chan<-
 				}
 				if ev.Rev <= last {
 					continue
+				}
+				if ev.Rev > last+1 {
+					// Revisions are contiguous: events were not
+					// published (a large Import publishes only what its
+					// log keeps). Catch up from the log.
+					f.unregister(w)
+					break live
 				}
 				if !send(ev) {
 					return
