@@ -437,6 +437,11 @@ func (n *Normalizer) number(field, s string) (string, error) {
 	if len(out) < 3 || out[0] != '+' || !allDigits(out[1:]) {
 		return "", invalid(field, in, "not a telephone number")
 	}
+	if len(out)-1 > 15 {
+		// libphonenumber's possible lengths for some countries (DE)
+		// exceed what E.164 allows with the country code.
+		return "", invalid(field, in, "longer than the 15 digits E.164 allows")
+	}
 	// Refuse what would not look itself up (a value that normalises to
 	// something else again).
 	if again, err := phonenumbers.Parse(out, "ZZ"); err != nil || phonenumbers.Format(again, phonenumbers.E164) != out {

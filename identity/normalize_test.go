@@ -224,6 +224,8 @@ var numberBad = []struct{ region, in, why string }{
 	{"", "tel:555-123-0001;phone-context=example.com", "domain context without region"},
 	{"", "+1 555 123", "too short"},
 	{"", "+1555123000123456", "too long"},
+	{"DE", "10000000000000", "16 digits with the country code (libphonenumber calls it possible)"},
+	{"", "+49 10000000000000", "16 digits"},
 	{"", "+999 123456", "unknown country code"},
 	{"", "+12345", "too short"},
 	{"", "1-800-FLOWERS", "letters"},
