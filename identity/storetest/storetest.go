@@ -919,72 +919,101 @@ func testWatchClose(t *testing.T, open func(*testing.T) identity.Store) {
 	waitClosed(t, ch)
 }
 
-// race starts n goroutines at once and returns their errors.
+// race runs fn(0..n-1) in n goroutines released at the same moment and
+// returns their errors.
 func race(n int, fn func(i int) error) []error {
 	errs := make([]error, n)
-	var start, done sync.WaitGroup
-	start.Add(1)
+	start := make(chan struct{})
+	var ready, done sync.WaitGroup
 	for i := range n {
+		ready.Add(1)
 		done.Add(1)
 		go func() {
 			defer done.Done()
-			start.Wait()
+			ready.Done()
+			<-start
 			errs[i] = fn(i)
 		}()
 	}
-	start.Done()
+	ready.Wait()
+	close(start)
 	done.Wait()
 	return errs
 }
 
-const racers = 16
+// racers goroutines race for one number, raceRounds times.
+const (
+	racers     = 16
+	raceRounds = 50
+)
 
 func testRaceCreate(t *testing.T, open func(*testing.T) identity.Store) {
 	ctx := ctxFor(t)
 	s := open(t)
-	const number = "+15551230001"
-	r0 := mustRev(t, ctx, s)
-	errs := race(racers, func(i int) error {
-		_, err := s.Create(ctx, identity.Identity{JID: jid(i), SIP: []string{aor(i)}, Tel: []string{tel(100 + i), number}})
-		return err
-	})
-	checkRace(t, ctx, s, errs, number, r0)
+	for round := range raceRounds {
+		number := tel(5000 + round)
+		name := func(i int) string { return fmt.Sprintf("r%02d-%s", round, jid(i)) }
+		r0 := mustRev(t, ctx, s)
+		errs := race(racers, func(i int) error {
+			_, err := s.Create(ctx, identity.Identity{JID: name(i), SIP: []string{fmt.Sprintf("sip:r%02d-%d@example.com", round, i)}, Tel: []string{tel(6000 + round*racers + i), number}})
+			return err
+		})
+		if !checkRace(t, ctx, s, errs, number, r0, name) {
+			return
+		}
+	}
+	checkInvariant(t, ctx, s, nil)
+	wantCount(t, ctx, s, raceRounds)
 }
 
 func testRacePut(t *testing.T, open func(*testing.T) identity.Store) {
 	ctx := ctxFor(t)
 	s := open(t)
-	const number = "+15551230001"
 	for i := range racers {
 		mustCreate(t, ctx, s, person(i))
 	}
-	r0 := mustRev(t, ctx, s)
-	errs := race(racers, func(i int) error {
-		id := person(i)
-		id.Tel = append(id.Tel, number)
-		_, err := s.Put(ctx, id)
-		return err
-	})
-	checkRace(t, ctx, s, errs, number, r0)
-	for i := range racers { // the losers are unchanged
-		got, err := s.Get(ctx, jid(i))
-		if err != nil {
-			t.Fatal(err)
+	for round := range raceRounds {
+		number := tel(5000 + round)
+		r0 := mustRev(t, ctx, s)
+		errs := race(racers, func(i int) error {
+			got, err := s.Get(ctx, jid(i))
+			if err != nil {
+				return err
+			}
+			got.Tel = append(got.Tel, number)
+			_, err = s.Put(ctx, got)
+			return err
+		})
+		if !checkRace(t, ctx, s, errs, number, r0, jid) {
+			return
 		}
-		if !slices.Contains(got.Tel, number) && !got.Equal(person(i)) {
-			t.Errorf("loser %s = %+v, want unchanged %+v", jid(i), got, person(i))
+	}
+	checkInvariant(t, ctx, s, nil)
+	wantCount(t, ctx, s, racers)
+	// Every number went to exactly one racer, and the others kept theirs.
+	all := listAll(t, ctx, s, 100)
+	total := 0
+	for i, id := range all {
+		if id.JID != jid(i) || !slices.Equal(id.SIP, person(i).SIP) || id.Tel[0] != tel(i) {
+			t.Errorf("%s = %+v, want %s's AOR and number kept", id.JID, id, jid(i))
 		}
+		total += len(id.Tel) - 1
+	}
+	if total != raceRounds {
+		t.Errorf("racers hold %d contested numbers, want %d", total, raceRounds)
 	}
 }
 
-func checkRace(t *testing.T, ctx context.Context, s identity.Store, errs []error, number string, r0 uint64) {
+// checkRace checks that exactly one racer won number and the others got a
+// conflict naming the winner. It reports whether to go on.
+func checkRace(t *testing.T, ctx context.Context, s identity.Store, errs []error, number string, r0 uint64, name func(int) string) bool {
 	t.Helper()
 	winner := -1
 	for i, err := range errs {
 		switch {
 		case err == nil:
 			if winner >= 0 {
-				t.Errorf("both %s and %s got %s", jid(winner), jid(i), number)
+				t.Errorf("both %s and %s got %s", name(winner), name(i), number)
 			}
 			winner = i
 		case errors.Is(err, identity.ErrConflict):
@@ -993,21 +1022,22 @@ func checkRace(t *testing.T, ctx context.Context, s identity.Store, errs []error
 		}
 	}
 	if winner < 0 {
-		t.Fatalf("no racer got %s", number)
+		t.Errorf("no racer got %s", number)
+		return false
 	}
 	for i, err := range errs {
-		if i != winner {
-			wantConflict(t, fmt.Sprintf("racer %d", i), err, identity.Key{Kind: identity.KindTel, Value: number}, jid(winner))
+		if i != winner && err != nil {
+			wantConflict(t, fmt.Sprintf("racer %d", i), err, identity.Key{Kind: identity.KindTel, Value: number}, name(winner))
 		}
 	}
 	got, err := s.Lookup(ctx, identity.Key{Kind: identity.KindTel, Value: number})
-	if err != nil || got.JID != jid(winner) {
-		t.Errorf("Lookup(%s) = %s, %v, want %s", number, got.JID, err, jid(winner))
+	if err != nil || got.JID != name(winner) {
+		t.Errorf("Lookup(%s) = %s, %v, want %s", number, got.JID, err, name(winner))
 	}
 	if r := mustRev(t, ctx, s); r != r0+1 {
 		t.Errorf("Rev after the race = %d, want %d (one successful write)", r, r0+1)
 	}
-	checkInvariant(t, ctx, s, nil)
+	return !t.Failed()
 }
 
 func testRaceJID(t *testing.T, open func(*testing.T) identity.Store) {

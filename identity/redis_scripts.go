@@ -1,0 +1,203 @@
+package identity
+
+import "github.com/redis/go-redis/v9"
+
+// The Lua scripts of the redis backend. Each write script first checks
+// everything that could make it fail (conflicts, a missing entry, a value
+// it cannot decode) and only then writes: Redis runs a script atomically
+// but does not roll back the writes a script made before an error, so no
+// call after the first write may fail.
+//
+// Every script gets KEYS[1] = {prefix}rev so that a cluster client routes
+// it to the node holding the prefix's hash slot; the other keys are built
+// from the prefix (ARGV[1]). With Redis Cluster the prefix must carry a
+// hash tag ("{cusax}:") so that all of them live in that one slot.
+//
+// Index keys are passed as "kind:value" ("sip:sip:alice@example.com",
+// "tel:+15551230001") and stored as {prefix}key:{kind}:{value}.
+//
+// Write results are {1, rev} on success, {0, "kind:value", owner} on a
+// conflict, {0} when Delete finds nothing.
+
+// luaCommon is prepended to every write script.
+const luaCommon = `
+local function storedKeys(body)
+  local t = cjson.decode(body)
+  local out = {}
+  if type(t) ~= 'table' then return out end
+  if type(t.sip) == 'table' then
+    for _, v in ipairs(t.sip) do out[#out + 1] = 'sip:' .. v end
+  end
+  if type(t.tel) == 'table' then
+    for _, v in ipairs(t.tel) do out[#out + 1] = 'tel:' .. v end
+  end
+  return out
+end
+
+local function withVersion(rev, js)
+  return '{"version":' .. string.format('%d', rev) .. ',' .. string.sub(js, 2)
+end
+
+-- logGuard drops a log that is ahead of the counter (someone reset the
+-- counter): XADD with an explicit ID would fail after the first write.
+local function logGuard(p, rev)
+  local last = redis.call('XREVRANGE', p .. 'log', '+', '-', 'COUNT', 1)
+  if #last > 0 then
+    local ms = tonumber(string.match(last[1][1], '^(%d+)'))
+    if ms == nil or ms >= rev then redis.call('DEL', p .. 'log') end
+  end
+end
+
+local function logAdd(p, rev, op, jid, body)
+  local r = string.format('%d', rev)
+  redis.call('XADD', p .. 'log', r .. '-0', 'rev', r, 'op', op, 'jid', jid, 'identity', body)
+end
+
+local function emit(p, rev, op, jid, body, max)
+  logGuard(p, rev)
+  logAdd(p, rev, op, jid, body)
+  redis.call('XTRIM', p .. 'log', 'MAXLEN', '~', max)
+  redis.call('PUBLISH', p .. 'events',
+    '{"rev":' .. string.format('%d', rev) .. ',"op":"' .. op .. '","identity":' .. body .. '}')
+end
+`
+
+// redisCreate: ARGV prefix, jid, json (without version), logmax, keys...
+var redisCreate = redis.NewScript(luaCommon + `
+local p, jid, js, max = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local idk = p .. 'id:' .. jid
+if redis.call('EXISTS', idk) == 1 then return {0, 'jid:' .. jid, jid} end
+for i = 5, #ARGV do
+  local owner = redis.call('GET', p .. 'key:' .. ARGV[i])
+  if owner then return {0, ARGV[i], owner} end
+end
+local rev = redis.call('INCR', KEYS[1])
+local body = withVersion(rev, js)
+redis.call('SET', idk, body)
+for i = 5, #ARGV do redis.call('SET', p .. 'key:' .. ARGV[i], jid) end
+redis.call('ZADD', p .. 'jids', 0, jid)
+emit(p, rev, 'put', jid, body, max)
+return {1, rev}
+`)
+
+// redisPut: ARGV prefix, jid, json (without version), logmax, keys...
+var redisPut = redis.NewScript(luaCommon + `
+local p, jid, js, max = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local idk = p .. 'id:' .. jid
+for i = 5, #ARGV do
+  local owner = redis.call('GET', p .. 'key:' .. ARGV[i])
+  if owner and owner ~= jid then return {0, ARGV[i], owner} end
+end
+local stale = {}
+local old = redis.call('GET', idk)
+if old then
+  local keep = {}
+  for i = 5, #ARGV do keep[ARGV[i]] = true end
+  for _, k in ipairs(storedKeys(old)) do
+    if not keep[k] then stale[#stale + 1] = k end
+  end
+end
+local rev = redis.call('INCR', KEYS[1])
+local body = withVersion(rev, js)
+redis.call('SET', idk, body)
+for _, k in ipairs(stale) do
+  if redis.call('GET', p .. 'key:' .. k) == jid then redis.call('DEL', p .. 'key:' .. k) end
+end
+for i = 5, #ARGV do redis.call('SET', p .. 'key:' .. ARGV[i], jid) end
+redis.call('ZADD', p .. 'jids', 0, jid)
+emit(p, rev, 'put', jid, body, max)
+return {1, rev}
+`)
+
+// redisDelete: ARGV prefix, jid, logmax.
+var redisDelete = redis.NewScript(luaCommon + `
+local p, jid, max = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local idk = p .. 'id:' .. jid
+local old = redis.call('GET', idk)
+if not old then return {0} end
+local keys = storedKeys(old)
+local rev = redis.call('INCR', KEYS[1])
+redis.call('DEL', idk)
+for _, k in ipairs(keys) do
+  if redis.call('GET', p .. 'key:' .. k) == jid then redis.call('DEL', p .. 'key:' .. k) end
+end
+redis.call('ZREM', p .. 'jids', jid)
+emit(p, rev, 'delete', jid, old, max)
+return {1, rev}
+`)
+
+// redisLookup: ARGV prefix, "kind:value". Returns the owner's stored JSON
+// or nil, reading the index key and the identity in one atomic step.
+var redisLookup = redis.NewScript(`
+local j = redis.call('GET', ARGV[1] .. 'key:' .. ARGV[2])
+if not j then return false end
+return redis.call('GET', ARGV[1] .. 'id:' .. j)
+`)
+
+// redisList: ARGV prefix, ZRANGEBYLEX min ("-" or "(after"), count.
+// Returns {jid, json, jid, json, ...} in JID order.
+var redisList = redis.NewScript(`
+local p = ARGV[1]
+local jids = redis.call('ZRANGEBYLEX', p .. 'jids', ARGV[2], '+', 'LIMIT', 0, tonumber(ARGV[3]))
+local out = {}
+for _, j in ipairs(jids) do
+  local v = redis.call('GET', p .. 'id:' .. j)
+  if v then
+    out[#out + 1] = j
+    out[#out + 1] = v
+  end
+end
+return out
+`)
+
+// redisImport: ARGV prefix, identities, logmax, then per identity: jid,
+// json (without version), the number of index keys, the index keys. The
+// script checks every JID and key against the store and the batch itself,
+// then writes all identities with consecutive revisions, logs the newest
+// logmax of them and publishes one "import" notification covering the
+// whole range. Nothing is written unless every check passed.
+var redisImport = redis.NewScript(luaCommon + `
+local p, n, max = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local jids, jss, keys, owners = {}, {}, {}, {}
+local seen = {}
+local pos = 4
+for i = 1, n do
+  local jid, js, nk = ARGV[pos], ARGV[pos + 1], tonumber(ARGV[pos + 2])
+  pos = pos + 3
+  if seen['jid:' .. jid] then return {0, 'jid:' .. jid, jid} end
+  seen['jid:' .. jid] = jid
+  jids[i], jss[i] = jid, js
+  for k = 1, nk do
+    local key = ARGV[pos]
+    pos = pos + 1
+    if seen[key] then return {0, key, seen[key]} end
+    seen[key] = jid
+    keys[#keys + 1] = key
+    owners[#owners + 1] = jid
+  end
+end
+for i = 1, n do
+  if redis.call('EXISTS', p .. 'id:' .. jids[i]) == 1 then return {0, 'jid:' .. jids[i], jids[i]} end
+end
+for i = 1, #keys do
+  local o = redis.call('GET', p .. 'key:' .. keys[i])
+  if o then return {0, keys[i], o} end
+end
+local last = redis.call('INCRBY', KEYS[1], n)
+local first = last - n + 1
+local bodies = {}
+for i = 1, n do
+  bodies[i] = withVersion(first + i - 1, jss[i])
+  redis.call('SET', p .. 'id:' .. jids[i], bodies[i])
+  redis.call('ZADD', p .. 'jids', 0, jids[i])
+end
+for i = 1, #keys do redis.call('SET', p .. 'key:' .. keys[i], owners[i]) end
+logGuard(p, first)
+for i = math.max(1, n - max + 1), n do
+  logAdd(p, first + i - 1, 'put', jids[i], bodies[i])
+end
+redis.call('XTRIM', p .. 'log', 'MAXLEN', '~', max)
+redis.call('PUBLISH', p .. 'events',
+  '{"rev":' .. string.format('%d', last) .. ',"op":"import","first":' .. string.format('%d', first) .. '}')
+return {1, last}
+`)
