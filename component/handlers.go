@@ -20,8 +20,8 @@ const NSReach = "urn:xmpp:reach:0"
 // softwareName is the name answered to XEP-0092 version queries.
 const softwareName = "cusax-gw"
 
-// identity is the component's XEP-0030 identity.
-var identity = info.Identity{Category: "gateway", Type: "sip", Name: "CUSAX gateway"}
+// discoIdentity is the component's XEP-0030 identity.
+var discoIdentity = info.Identity{Category: "gateway", Type: "sip", Name: "CUSAX gateway"}
 
 // features are the component's XEP-0030 features, in the order advertised.
 var features = []string{disco.NSInfo, ping.NS, version.NS, NSReach}
@@ -138,7 +138,7 @@ func (staticIdentity) ForIdentities(node string, f func(info.Identity) error) er
 	if node != "" {
 		return nil
 	}
-	return f(identity)
+	return f(discoIdentity)
 }
 
 type staticFeatures struct{}
