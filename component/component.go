@@ -37,6 +37,11 @@ type Component struct {
 	priv    Privileges
 	foreign []string      // senders of ignored adverts on the current stream
 	changed chan struct{} // closed and replaced whenever up or priv changes
+
+	presence *presenceSet // users whose available presence arrived
+
+	reachMu sync.Mutex
+	reach   map[string][]string // last reach published or read, per bare JID
 }
 
 // New validates cfg, applies defaults and returns a Component that has not
@@ -64,6 +69,9 @@ func New(cfg Config, log *slog.Logger, m *Metrics) (*Component, error) {
 		dial:    d.DialContext,
 		jitter:  rand.Float64,
 		changed: make(chan struct{}),
+
+		presence: &presenceSet{jids: map[string]bool{}, ch: make(chan struct{}, 1)},
+		reach:    map[string][]string{},
 
 		closeTimeout: closeTimeout,
 	}

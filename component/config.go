@@ -54,8 +54,15 @@ type Config struct {
 	// [DefaultKeepaliveInterval].
 	KeepaliveInterval time.Duration
 	// AdvertTimeout is how long Probe waits for the XEP-0356 privilege advert
-	// after the handshake [DefaultAdvertTimeout].
+	// after the handshake, and how long the sync engine waits for it before
+	// planning without privileges [DefaultAdvertTimeout].
 	AdvertTimeout time.Duration
+
+	// Identities is the identity map whose reachability and vCard numbers
+	// the component publishes while connected; nil disables synchronisation.
+	Identities Identities
+	// Sync says what is published and how (see SyncConfig).
+	Sync SyncConfig
 }
 
 // Secret is the XEP-0114 shared secret. Its String, GoString, LogValue and
@@ -93,6 +100,7 @@ func (cfg Config) withDefaults() Config {
 	if cfg.Version == "" {
 		cfg.Version = DefaultVersion
 	}
+	cfg.Sync = cfg.Sync.withDefaults()
 	return cfg
 }
 
@@ -136,6 +144,7 @@ func (cfg Config) validate() (addr, domain jid.JID, err error) {
 			bad(d.name, "must be positive, got %s", d.v)
 		}
 	}
+	errs = append(errs, cfg.Sync.validate()...)
 	if cfg.MinBackoff > cfg.MaxBackoff {
 		bad("MinBackoff", "%s exceeds MaxBackoff %s", cfg.MinBackoff, cfg.MaxBackoff)
 	}

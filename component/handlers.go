@@ -43,6 +43,7 @@ func (c *Component) newMux() *mux.ServeMux {
 		mux.IQFunc(stanza.GetIQ, xml.Name{Space: version.NS, Local: "query"}, c.handleVersion),
 		mux.MessageFunc(stanza.NormalMessage, xml.Name{Space: NSPrivilege1, Local: "privilege"}, c.handlePrivilege),
 		mux.MessageFunc(stanza.NormalMessage, xml.Name{Space: NSPrivilege2, Local: "privilege"}, c.handlePrivilege),
+		mux.PresenceFunc(stanza.AvailablePresence, xml.Name{}, c.handlePresence),
 	)
 	d.mux = m
 	return m

@@ -21,6 +21,7 @@ type Metrics struct {
 	up         prometheus.Gauge
 	reconnects prometheus.Counter
 	privilege  *prometheus.GaugeVec
+	sync       *prometheus.CounterVec
 }
 
 // NewMetrics creates the component's collectors and registers them with reg:
@@ -28,6 +29,7 @@ type Metrics struct {
 //	cusax_xmpp_component_up          gauge 0|1, 1 while the handshake is done and the stream is served
 //	cusax_xmpp_reconnects_total      counter, connection attempts after the first one of Run
 //	cusax_xmpp_privilege{access}     gauge 0|1 per XEP-0356 grant (see Privileges.Granted)
+//	cusax_sync_total{kind,result}    counter, kind=reach|vcard, result=ok|unchanged|error|skipped
 //
 // All five access values exist from the start at 0. A nil reg leaves the
 // collectors unregistered (for Probe and tests). NewMetrics panics if reg
@@ -47,11 +49,20 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "1 if the server granted the XEP-0356 privilege named by access on the current stream.",
 		}, []string{"access"}),
 	}
+	m.sync = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "cusax_sync_total",
+		Help: "Per-user synchronisations of XEP-0152 reachability (kind=reach) and vCard numbers (kind=vcard) by result.",
+	}, []string{"kind", "result"})
 	for _, a := range accessLabels {
 		m.privilege.WithLabelValues(a).Set(0)
 	}
+	for _, k := range []string{KindReach, KindVCard} {
+		for _, r := range []string{ResultOK, ResultUnchanged, ResultError, ResultSkipped} {
+			m.sync.WithLabelValues(k, r)
+		}
+	}
 	if reg != nil {
-		reg.MustRegister(m.up, m.reconnects, m.privilege)
+		reg.MustRegister(m.up, m.reconnects, m.privilege, m.sync)
 	}
 	return m
 }
@@ -65,6 +76,10 @@ func (m *Metrics) setPrivileges(p Privileges) {
 	for _, a := range accessLabels {
 		m.privilege.WithLabelValues(a).Set(b2f(g[a]))
 	}
+}
+
+func (m *Metrics) syncResult(kind, result string) {
+	m.sync.WithLabelValues(kind, result).Inc()
 }
 
 func b2f(b bool) float64 {

@@ -24,6 +24,16 @@ func TestMetricsInitialValues(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
 	NewMetrics(reg)
 	const want = `
+# HELP cusax_sync_total Per-user synchronisations of XEP-0152 reachability (kind=reach) and vCard numbers (kind=vcard) by result.
+# TYPE cusax_sync_total counter
+cusax_sync_total{kind="reach",result="error"} 0
+cusax_sync_total{kind="reach",result="ok"} 0
+cusax_sync_total{kind="reach",result="skipped"} 0
+cusax_sync_total{kind="reach",result="unchanged"} 0
+cusax_sync_total{kind="vcard",result="error"} 0
+cusax_sync_total{kind="vcard",result="ok"} 0
+cusax_sync_total{kind="vcard",result="skipped"} 0
+cusax_sync_total{kind="vcard",result="unchanged"} 0
 # HELP cusax_xmpp_component_up 1 while the XEP-0114 component stream is established, 0 otherwise.
 # TYPE cusax_xmpp_component_up gauge
 cusax_xmpp_component_up 0

@@ -98,6 +98,9 @@ func (c *Component) serve(ctx context.Context, sess *xmpp.Session, conn net.Conn
 		<-ctx.Done()
 		c.closeStream(sess, conn, served)
 	})
+	if c.cfg.Identities != nil {
+		wg.Go(func() { c.syncLoop(ctx, sessionSender{sess}) })
+	}
 	wg.Wait()
 	if err := failure.get(); err != nil {
 		return err

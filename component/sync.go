@@ -1,0 +1,696 @@
+package component
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"sync"
+	"time"
+
+	"mellium.im/xmlstream"
+	"mellium.im/xmpp/jid"
+	"mellium.im/xmpp/stanza"
+
+	"github.com/cusax-gw/cusax-gw/identity"
+)
+
+// Identities is what the sync engine needs from the identity map. It is
+// satisfied by every identity.Store.
+type Identities interface {
+	// Get returns the identity with the bare JID, or identity.ErrNotFound.
+	Get(ctx context.Context, jid string) (identity.Identity, error)
+	// List returns up to limit identities after the JID after, in JID
+	// order, and the next cursor ("" at the end).
+	List(ctx context.Context, after string, limit int) ([]identity.Identity, string, error)
+	// Rev returns the current revision of the map.
+	Rev(ctx context.Context) (uint64, error)
+	// Watch delivers every change after revision from until ctx ends.
+	Watch(ctx context.Context, from uint64) (<-chan identity.Event, error)
+}
+
+// Defaults of SyncConfig.
+const (
+	DefaultSyncInterval    = 10 * time.Minute
+	DefaultAccessModel     = "presence"
+	DefaultSyncConcurrency = 8
+	// DefaultSyncTimeout bounds one read or write of one user's data.
+	DefaultSyncTimeout = 10 * time.Second
+)
+
+// SyncConfig configures what the component writes on the users' behalf
+// (the xmpp.sync and xmpp.ejabberd_api keys).
+type SyncConfig struct {
+	// Reach publishes XEP-0152 reachability (xmpp.sync.reach).
+	Reach bool
+	// VCard is the vCard mode (xmpp.sync.vcard) ["" means VCardEnforce].
+	VCard VCardMode
+	// Interval is the period of full reconciles (xmpp.sync.interval)
+	// [DefaultSyncInterval].
+	Interval time.Duration
+	// AccessModel is the pubsub#access_model requested with
+	// publish-options for the reach node and for vCard4 nodes the component
+	// creates: open, presence, roster or whitelist [DefaultAccessModel].
+	AccessModel string
+	// EjabberdAPI is the base URL of ejabberd's loopback HTTP admin API,
+	// e.g. "http://127.0.0.1:5280/api" (xmpp.ejabberd_api); "" for none.
+	EjabberdAPI string
+	// Concurrency bounds the users synchronised at the same time
+	// [DefaultSyncConcurrency].
+	Concurrency int
+	// Timeout bounds every request to the server [DefaultSyncTimeout].
+	Timeout time.Duration
+	// HTTPClient calls the ejabberd API [a client with Timeout].
+	HTTPClient *http.Client
+}
+
+func (s SyncConfig) withDefaults() SyncConfig {
+	if s.VCard == "" {
+		s.VCard = VCardEnforce
+	}
+	if s.Interval == 0 {
+		s.Interval = DefaultSyncInterval
+	}
+	if s.AccessModel == "" {
+		s.AccessModel = DefaultAccessModel
+	}
+	if s.Concurrency == 0 {
+		s.Concurrency = DefaultSyncConcurrency
+	}
+	if s.Timeout == 0 {
+		s.Timeout = DefaultSyncTimeout
+	}
+	if s.HTTPClient == nil {
+		s.HTTPClient = &http.Client{Timeout: s.Timeout}
+	}
+	return s
+}
+
+// validate reports the problems of a defaulted SyncConfig.
+func (s SyncConfig) validate() []error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%w: Sync.%s: %s", ErrInvalidConfig, field, fmt.Sprintf(format, args...)))
+	}
+	if _, err := parseVCardMode(string(s.VCard)); err != nil {
+		bad("VCard", "%v", err)
+	}
+	if s.Interval < 0 {
+		bad("Interval", "must be positive, got %s", s.Interval)
+	}
+	switch s.AccessModel {
+	case "open", "presence", "roster", "whitelist", "authorize":
+	default:
+		bad("AccessModel", "want open, presence, roster or whitelist, got %q", s.AccessModel)
+	}
+	if s.Concurrency < 0 {
+		bad("Concurrency", "must be positive, got %d", s.Concurrency)
+	}
+	if s.Timeout < 0 {
+		bad("Timeout", "must be positive, got %s", s.Timeout)
+	}
+	if s.EjabberdAPI != "" {
+		u, err := url.Parse(s.EjabberdAPI)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad("EjabberdAPI", "want an http:// or https:// URL, got %q", s.EjabberdAPI)
+		}
+	}
+	return errs
+}
+
+// Results of cusax_sync_total.
+const (
+	ResultOK        = "ok"
+	ResultUnchanged = "unchanged"
+	ResultError     = "error"
+	ResultSkipped   = "skipped"
+
+	KindReach = "reach"
+	KindVCard = "vcard"
+)
+
+func randomID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// syncJob is the work queued for one user.
+type syncJob struct {
+	jid string
+	// id is the identity to publish; nil means look it up first (presence).
+	id *identity.Identity
+	// deleted: the identity is gone; clear what was published.
+	deleted bool
+}
+
+// syncQueue holds at most one pending job per JID (a newer one replaces it)
+// and never hands out two jobs for the same JID at once, so that the
+// read-modify-writes of one user never overlap. Safe for concurrent use.
+type syncQueue struct {
+	mu      sync.Mutex
+	pending map[string]syncJob
+	order   []string // FIFO of pending JIDs
+	busy    map[string]bool
+	wake    chan struct{} // a job may be takeable
+	space   chan struct{} // a slot may be free
+	max     int           // pushWait blocks above this many pending jobs
+}
+
+func newSyncQueue(max int) *syncQueue {
+	return &syncQueue{pending: map[string]syncJob{}, busy: map[string]bool{},
+		wake: make(chan struct{}, 1), space: make(chan struct{}, 1), max: max}
+}
+
+func signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// push queues j, replacing a pending job of the same JID. It never blocks.
+func (q *syncQueue) push(j syncJob) {
+	q.mu.Lock()
+	if _, ok := q.pending[j.jid]; !ok {
+		q.order = append(q.order, j.jid)
+	}
+	q.pending[j.jid] = j
+	q.mu.Unlock()
+	signal(q.wake)
+}
+
+// pushWait is push for bulk producers: it waits while the queue is full.
+func (q *syncQueue) pushWait(ctx context.Context, j syncJob) error {
+	for {
+		q.mu.Lock()
+		full := len(q.pending) >= q.max
+		q.mu.Unlock()
+		if !full {
+			q.push(j)
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-q.space:
+		}
+	}
+}
+
+// take returns the oldest pending job whose JID is not busy, waiting for
+// one until ctx ends.
+func (q *syncQueue) take(ctx context.Context) (syncJob, bool) {
+	for {
+		q.mu.Lock()
+		for i, jid := range q.order {
+			if q.busy[jid] {
+				continue
+			}
+			j := q.pending[jid]
+			q.order = append(q.order[:i:i], q.order[i+1:]...)
+			delete(q.pending, jid)
+			q.busy[jid] = true
+			more := len(q.order) > 0
+			q.mu.Unlock()
+			if more {
+				signal(q.wake)
+			}
+			signal(q.space)
+			return j, true
+		}
+		q.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return syncJob{}, false
+		case <-q.wake:
+		}
+	}
+}
+
+// done releases the JID of a finished job.
+func (q *syncQueue) done(jid string) {
+	q.mu.Lock()
+	delete(q.busy, jid)
+	q.mu.Unlock()
+	signal(q.wake)
+}
+
+// idle reports whether nothing is pending or running.
+func (q *syncQueue) idle() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.pending) == 0 && len(q.busy) == 0
+}
+
+// presenceSet collects the bare JIDs of users whose available presence
+// arrived, deduplicated (mux handlers fire once per child element). The
+// handler adds; the sync loop drains. Safe for concurrent use.
+type presenceSet struct {
+	mu   sync.Mutex
+	jids map[string]bool
+	ch   chan struct{}
+}
+
+const maxPresencePending = 10000
+
+func (p *presenceSet) add(jid string) {
+	p.mu.Lock()
+	if len(p.jids) < maxPresencePending {
+		p.jids[jid] = true
+	}
+	p.mu.Unlock()
+	signal(p.ch)
+}
+
+func (p *presenceSet) drain() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]string, 0, len(p.jids))
+	for j := range p.jids {
+		out = append(out, j)
+	}
+	clear(p.jids)
+	return out
+}
+
+// handlePresence notes users' available presence (XEP-0356 presence
+// managed_entity) so that the sync loop re-checks them. It must not send.
+func (c *Component) handlePresence(p stanza.Presence, _ xmlstream.TokenReadEncoder) error {
+	from := p.From.Bare()
+	if from.Localpart() == "" || !from.Domain().Equal(c.domain) {
+		return nil
+	}
+	c.presence.add(from.String())
+	return nil
+}
+
+// syncRun is the sync engine of one stream.
+type syncRun struct {
+	c     *Component
+	send  iqSender
+	queue *syncQueue
+	api   *apiClient
+	cfg   SyncConfig
+
+	mu   sync.Mutex
+	priv Privileges
+	plan Plan
+}
+
+// syncLoop runs the sync engine while one stream is up: it waits for the
+// privilege advert (at most AdvertTimeout), reconciles every identity,
+// then follows the identity change feed, users' presence and the interval
+// timer, until ctx ends. Jobs run on cfg.Concurrency workers. It never
+// ends the stream: failures are logged and counted.
+func (c *Component) syncLoop(ctx context.Context, send iqSender) {
+	cfg := c.cfg.Sync
+	s := &syncRun{c: c, send: send, cfg: cfg, queue: newSyncQueue(4 * cfg.Concurrency)}
+	if cfg.EjabberdAPI != "" {
+		s.api = &apiClient{base: cfg.EjabberdAPI, hc: cfg.HTTPClient}
+	}
+	c.presence.drain() // presence from a previous stream is stale
+
+	// Wait for the advert; a server that sends none gets the no-privilege plan.
+	timer := time.NewTimer(c.cfg.AdvertTimeout)
+	for waiting := true; waiting; {
+		changed := c.changes()
+		if c.Privileges().Version != 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return
+		case <-changed:
+		case <-timer.C:
+			waiting = false
+		}
+	}
+	timer.Stop()
+	s.setPrivileges(c.Privileges())
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for range cfg.Concurrency {
+		wg.Go(func() { s.worker(ctx) })
+	}
+
+	var (
+		events     <-chan identity.Event
+		reconcile  = make(chan struct{}, 1) // a full reconcile is wanted
+		reconciled = make(chan error, 1)    // the running one ended
+		running    bool
+	)
+	watch := func() {
+		rev, err := c.cfg.Identities.Rev(ctx)
+		if err == nil {
+			events, err = c.cfg.Identities.Watch(ctx, rev)
+		}
+		if err != nil && ctx.Err() == nil {
+			c.log.Warn("component sync watch failed", "err", err)
+		}
+	}
+	watch()
+	signal(reconcile)
+	ticker := time.NewTicker(cfg.Interval)
+	defer ticker.Stop()
+	for {
+		changed := c.changes()
+		select {
+		case <-ctx.Done():
+			return
+		case <-reconcile:
+			if running {
+				break // the loop asks again when it ends
+			}
+			running = true
+			wg.Go(func() { reconciled <- s.reconcile(ctx) })
+		case err := <-reconciled:
+			running = false
+			if err != nil && ctx.Err() == nil {
+				c.log.Warn("component sync reconcile failed", "err", err)
+			}
+		case <-ticker.C:
+			if events == nil {
+				watch()
+			}
+			signal(reconcile)
+		case <-changed:
+			if p := c.Privileges(); !p.equal(s.privileges()) {
+				s.setPrivileges(p) // a late or new advert: everything again
+				signal(reconcile)
+			}
+		case ev, ok := <-events:
+			if !ok {
+				events = nil // the store closed; retried at the next tick
+				break
+			}
+			switch ev.Op {
+			case identity.OpPut:
+				id := ev.Identity
+				s.queue.push(syncJob{jid: ev.JID, id: &id})
+			case identity.OpDelete:
+				id := ev.Identity
+				id.JID = ev.JID
+				s.queue.push(syncJob{jid: ev.JID, id: &id, deleted: true})
+			case identity.OpResync:
+				signal(reconcile)
+			}
+		case <-c.presence.ch:
+			for _, j := range c.presence.drain() {
+				s.queue.push(syncJob{jid: j})
+			}
+		}
+	}
+}
+
+func (s *syncRun) setPrivileges(p Privileges) {
+	plan := PlanWrites(p, s.cfg)
+	s.mu.Lock()
+	s.priv, s.plan = p.Clone(), plan
+	s.mu.Unlock()
+	lvl := s.c.log.Info
+	if plan.Reach == PathNone || plan.VCard == PathNone {
+		lvl = s.c.log.Warn
+	}
+	lvl("component sync paths", "reach", string(plan.Reach), "vcard", string(plan.VCard), "format", plan.VCardFormat)
+}
+
+func (s *syncRun) privileges() Privileges {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.priv
+}
+
+func (s *syncRun) current() (Privileges, Plan) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.priv, s.plan
+}
+
+// equal reports whether p and q grant the same.
+func (p Privileges) equal(q Privileges) bool { return p.String() == q.String() }
+
+// reconcile queues every identity of the map, a page at a time, waiting
+// while the queue is full so that a large map never floods the server.
+func (s *syncRun) reconcile(ctx context.Context) error {
+	start := time.Now()
+	after, n := "", 0
+	for {
+		lctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+		page, next, err := s.c.cfg.Identities.List(lctx, after, 500)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("component: sync: list identities after %q: %w", after, err)
+		}
+		for i := range page {
+			id := page[i]
+			if err := s.queue.pushWait(ctx, syncJob{jid: id.JID, id: &id}); err != nil {
+				return err
+			}
+		}
+		n += len(page)
+		if next == "" {
+			break
+		}
+		after = next
+	}
+	s.c.log.Debug("component sync reconcile queued", "identities", n, "duration", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+func (s *syncRun) worker(ctx context.Context) {
+	for {
+		j, ok := s.queue.take(ctx)
+		if !ok {
+			return
+		}
+		s.run(ctx, j)
+		s.queue.done(j.jid)
+	}
+}
+
+// run synchronises one user and counts the results.
+func (s *syncRun) run(ctx context.Context, j syncJob) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.c.log.Error("component sync panic", "jid", j.jid, "err", fmt.Sprint(r))
+			s.c.m.syncResult(KindReach, ResultError)
+		}
+	}()
+	if j.id == nil {
+		gctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+		id, err := s.c.cfg.Identities.Get(gctx, j.jid)
+		cancel()
+		switch {
+		case errors.Is(err, identity.ErrNotFound):
+			return // not a CUSAX user: leave their data alone
+		case err != nil:
+			s.c.log.Warn("component sync lookup failed", "jid", j.jid, "err", err)
+			return
+		}
+		j.id = &id
+	}
+	user, err := jid.Parse(j.jid)
+	if err != nil || user.Localpart() == "" || !user.Domain().Equal(s.c.domain) {
+		s.c.log.Debug("component sync: not a user of our domain", "jid", j.jid)
+		return
+	}
+	user = user.Bare()
+	want := *j.id
+	if j.deleted {
+		want = identity.Identity{JID: j.jid}
+	}
+	priv, plan := s.current()
+	if plan.Reach != PathOff {
+		res, err := s.syncReach(ctx, priv, plan, user, reachURIs(want))
+		s.record(ctx, KindReach, j.jid, plan.Reach, res, err)
+	}
+	if plan.VCard != PathOff {
+		res, err := s.syncVCard(ctx, priv, plan, user, want)
+		s.record(ctx, KindVCard, j.jid, plan.VCard, res, err)
+	}
+}
+
+// record counts one result and logs failures, except while stopping.
+func (s *syncRun) record(ctx context.Context, kind, jid string, path WritePath, result string, err error) {
+	if result == ResultError && ctx.Err() != nil {
+		return // the stream is going down; the next one starts over
+	}
+	s.c.m.syncResult(kind, result)
+	switch result {
+	case ResultError:
+		s.c.log.Warn("component sync failed", "kind", kind, "jid", jid, "path", string(path), "err", err)
+	case ResultSkipped:
+		s.c.log.Debug("component sync skipped: no write path", "kind", kind, "jid", jid)
+	case ResultOK:
+		s.c.log.Debug("component synced", "kind", kind, "jid", jid, "path", string(path))
+	}
+}
+
+// result turns an error into (ResultError, err) and nil into ok.
+func result(err error) (string, error) {
+	if err != nil {
+		return ResultError, err
+	}
+	return ResultOK, nil
+}
+
+// syncReach makes user's reach node hold want.
+func (s *syncRun) syncReach(ctx context.Context, priv Privileges, plan Plan, user jid.JID, want []string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*s.cfg.Timeout)
+	defer cancel()
+	key := user.String()
+	switch plan.Reach {
+	case PathPrivilegedIQ:
+		have, known := s.c.lastReach(key)
+		if priv.CanIQ(NSPubSub, "get") {
+			// An error means no node yet, or anything else: Prosody hides
+			// the condition. Publishing then is harmless.
+			if resp, err := privilegedIQ(ctx, s.send, priv, s.c.addr, user, stanza.GetIQ, itemsPayload(NodeReach)); err == nil {
+				have, known = parseReach(parseItems(resp.child(NSPubSub, "pubsub"))), true
+			} else if errors.Is(err, ErrNotGranted) {
+				return ResultError, err
+			}
+		}
+		if known && reachEqual(have, want) {
+			s.c.setLastReach(key, want)
+			return ResultUnchanged, nil
+		}
+		_, err := privilegedIQ(ctx, s.send, priv, s.c.addr, user, stanza.SetIQ, publishPayload(NodeReach, reachElement(want), s.cfg.AccessModel))
+		if err != nil && !errors.Is(err, ErrNotGranted) {
+			// The node exists with another access model (precondition-not-met):
+			// keep the owner's configuration and publish without options.
+			_, err = privilegedIQ(ctx, s.send, priv, s.c.addr, user, stanza.SetIQ, publishPayload(NodeReach, reachElement(want), ""))
+		}
+		if err == nil {
+			s.c.setLastReach(key, want)
+		}
+		return result(err)
+	case PathEjabberdAPI:
+		// The component cannot read a node with access model presence, so
+		// idempotence relies on what this process published last.
+		if have, known := s.c.lastReach(key); known && reachEqual(have, want) {
+			return ResultUnchanged, nil
+		}
+		iq := elem(nsClient, "iq", publishPayload(NodeReach, reachElement(want), s.cfg.AccessModel)).
+			withAttr("type", "set").withAttr("id", "cusax-"+randomID())
+		err := s.api.sendStanza(ctx, key, key, iq)
+		if err == nil {
+			s.c.setLastReach(key, want)
+		}
+		return result(err)
+	}
+	return ResultSkipped, nil
+}
+
+// syncVCard makes the tel fields of user's vCard follow want per the mode.
+func (s *syncRun) syncVCard(ctx context.Context, priv Privileges, plan Plan, user jid.JID, want identity.Identity) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 3*s.cfg.Timeout)
+	defer cancel()
+	mode := s.cfg.VCard
+	switch {
+	case plan.VCard == PathPrivilegedIQ && plan.VCardFormat == FormatVCard4:
+		old, exists, err := s.readVCard4(ctx, priv, user)
+		if err != nil {
+			return ResultError, err
+		}
+		m := mergeVCard4(old, want.Tel, want.SIP, want.Name, mode)
+		if !m.changed {
+			return ResultUnchanged, nil
+		}
+		model := s.cfg.AccessModel
+		if exists {
+			model = "" // keep the owner's node configuration
+		}
+		_, err = privilegedIQ(ctx, s.send, priv, s.c.addr, user, stanza.SetIQ, publishPayload(NodeVCard4, m.doc, model))
+		return result(err)
+	case plan.VCard == PathPrivilegedIQ:
+		resp, err := privilegedIQ(ctx, s.send, priv, s.c.addr, user, stanza.GetIQ, elem(NSVCard, "vCard"))
+		if err != nil {
+			return ResultError, err
+		}
+		m := mergeVCardTemp(resp.child(NSVCard, "vCard"), want.Tel, mode)
+		if !m.changed {
+			return ResultUnchanged, nil
+		}
+		_, err = privilegedIQ(ctx, s.send, priv, s.c.addr, user, stanza.SetIQ, m.doc)
+		return result(err)
+	case plan.VCard == PathEjabberdAPI:
+		// vCards are public on ejabberd: the component reads them itself.
+		resp, err := ownIQ(ctx, s.send, s.c.addr, user, stanza.GetIQ, elem(NSVCard, "vCard"))
+		if err != nil {
+			return ResultError, err
+		}
+		m := mergeVCardTemp(resp.child(NSVCard, "vCard"), want.Tel, mode)
+		if !m.changed {
+			return ResultUnchanged, nil
+		}
+		iq := elem(nsClient, "iq", m.doc).withAttr("type", "set").withAttr("id", "cusax-"+randomID())
+		if err := s.api.sendStanza(ctx, user.String(), user.String(), iq); err != nil {
+			return ResultError, err
+		}
+		// send_stanza is fire-and-forget: read back to confirm.
+		resp, err = ownIQ(ctx, s.send, s.c.addr, user, stanza.GetIQ, elem(NSVCard, "vCard"))
+		if err != nil {
+			return ResultError, fmt.Errorf("component: confirm vcard-temp write: %w", err)
+		}
+		if got, wantN := vcardTempNumbers(resp.child(NSVCard, "vCard")), vcardTempNumbers(m.doc); !equalStrings(got, wantN) {
+			return ResultError, fmt.Errorf("component: vcard-temp write not confirmed: numbers %v, want %v", got, wantN)
+		}
+		return ResultOK, nil
+	}
+	return ResultSkipped, nil
+}
+
+// readVCard4 returns user's vCard4 (nil if none) and whether the node
+// exists. mod_privilege reports every error of the wrapped IQ as
+// internal-server-error, so a failed read is told apart from a missing node
+// by asking the server's XEP-0292 handler as the component itself.
+func (s *syncRun) readVCard4(ctx context.Context, priv Privileges, user jid.JID) (*node, bool, error) {
+	resp, err := privilegedIQ(ctx, s.send, priv, s.c.addr, user, stanza.GetIQ, itemsPayload(NodeVCard4))
+	if err == nil {
+		return parseItems(resp.child(NSPubSub, "pubsub")), true, nil
+	}
+	if errors.Is(err, ErrNotGranted) {
+		return nil, false, err
+	}
+	_, err2 := ownIQ(ctx, s.send, s.c.addr, user, stanza.GetIQ, elem(NSVCard4, "vcard"))
+	if isCondition(err2, "item-not-found") {
+		return nil, false, nil
+	}
+	return nil, false, fmt.Errorf("component: read vCard4: %w", err)
+}
+
+func equalStrings(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// lastReach returns what this process last published (or found) as user's
+// reachability.
+func (c *Component) lastReach(user string) ([]string, bool) {
+	c.reachMu.Lock()
+	defer c.reachMu.Unlock()
+	v, ok := c.reach[user]
+	return v, ok
+}
+
+func (c *Component) setLastReach(user string, uris []string) {
+	c.reachMu.Lock()
+	defer c.reachMu.Unlock()
+	c.reach[user] = append([]string(nil), uris...)
+}
