@@ -19,6 +19,11 @@ import (
 // message) is filled from the log, or answered with OpResync if the log no
 // longer holds it.
 //
+// Revisions live in Redis: a Redis that restarts without persistence
+// starts over at 0. A running watcher then sends OpResync (its
+// subscription dropped); a Watch started later with a revision from
+// before the reset cannot tell the new revisions from the old ones.
+//
 // Watch fails with an error wrapping ErrUnavailable if it cannot
 // subscribe. The channel closes when ctx ends or the store is closed;
 // one goroutine per Watch runs until then.
