@@ -97,6 +97,9 @@ func OpenBolt(path string, opts BoltOptions) (*BoltStore, error) {
 		Timeout:      opts.LockTimeout,
 		NoSync:       opts.NoSync,
 		FreelistType: bolt.FreelistMapType,
+		// Address space, not memory: growing the map during a commit
+		// re-copies every dirty node, which dominated a large Import.
+		InitialMmapSize: 256 << 20,
 	})
 	if errors.Is(err, bolterrors.ErrTimeout) {
 		return nil, fmt.Errorf("identity: store file %s is locked by another process", path)

@@ -483,6 +483,7 @@ func TestBoltCrashMidImport(t *testing.T) {
 func BenchmarkBoltImport100k(b *testing.B) {
 	ids := people(100_000)
 	ctx := context.Background()
+	b.ReportAllocs()
 	for b.Loop() {
 		b.StopTimer()
 		s, err := identity.OpenBolt(filepath.Join(b.TempDir(), "identity.db"), identity.BoltOptions{})
