@@ -24,9 +24,9 @@ func signalContext() (context.Context, context.CancelFunc) {
 	ch := make(chan os.Signal, 2)
 	signal.Notify(ch, os.Interrupt, syscall.SIGTERM)
 	go func() {
-		sig := <-ch
+		<-ch
 		cancel()
-		sig = <-ch
+		sig := <-ch
 		fmt.Fprintf(os.Stderr, "cusax-gw: second signal (%v): exiting without drain\n", sig)
 		os.Exit(1)
 	}()

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -269,5 +268,3 @@ func (d *daemon) run(ctx context.Context) error {
 	d.log.Info("gateway stopped")
 	return nil
 }
-
-var errProbe = errors.New("probe failed")

@@ -52,8 +52,8 @@ func TestReadiness(t *testing.T) {
 	s.AddCheck("xmpp", false, func() Status { return Status{State: StateDown, Detail: "connection refused"} })
 
 	code, body := get(t, ts.URL+"/readyz", "")
-	if code != http.StatusServiceUnavailable {
-		t.Errorf("/readyz with sip down = %d, want 503", code)
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "listeners not bound") {
+		t.Errorf("/readyz with sip down = %d %s, want 503 naming the reason", code, body)
 	}
 	sipUp.Store(true)
 	code, body = get(t, ts.URL+"/readyz", "")

@@ -150,7 +150,7 @@ rtp:
   port_max: 30000
   backend: kernel
 `
-	c, err := Load(strings.NewReader(in), "c.yaml", noEnv)
+	_, err := Load(strings.NewReader(in), "c.yaml", noEnv)
 	if err == nil {
 		t.Fatal("Load accepted an unknown key")
 	}
@@ -158,7 +158,7 @@ rtp:
 		t.Errorf("Load error = %q, want the unknown key with its line", err)
 	}
 	in = strings.Replace(in, "  colour: red\n", "", 1)
-	c, err = Load(strings.NewReader(in), "c.yaml", noEnv)
+	c, err := Load(strings.NewReader(in), "c.yaml", noEnv)
 	if err != nil {
 		t.Fatal(err)
 	}
