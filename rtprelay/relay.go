@@ -8,13 +8,22 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// ErrNoPorts means the port range has no free RTP/RTCP pair left.
-var ErrNoPorts = errors.New("rtprelay: no free ports")
+// Errors of the relay; test with errors.Is. ErrBadSDP is in sdp.go.
+var (
+	// ErrNoPorts means the port range has no free RTP/RTCP pair left
+	// (the b2bua answers 503 with Retry-After).
+	ErrNoPorts = errors.New("rtprelay: no free ports")
+	// ErrNotFound means the relay has no such call.
+	ErrNotFound = errors.New("rtprelay: no such call")
+	// ErrClosed means Run has returned.
+	ErrClosed = errors.New("rtprelay: closed")
+)
 
 // Config configures a Relay.
 type Config struct {
@@ -23,6 +32,28 @@ type Config struct {
 	PortMin   int           // first port of the range; even
 	PortMax   int           // last port of the range
 	Timeout   time.Duration // no media for this long ends the call
+
+	// HoldTimeout replaces Timeout while the call is on hold (no stream
+	// flows both ways: sendonly, recvonly, inactive or c=0.0.0.0). Zero:
+	// a call on hold never times out. (rtpengine's silent-timeout, 1 h there.)
+	HoldTimeout time.Duration
+	// OnTimeout is called, once per silence and from the relay's own
+	// goroutine, with the Call-ID of an answered call whose media stopped;
+	// the caller hangs up both legs and calls Delete. It must not block.
+	OnTimeout func(callID string)
+	// LearnWindow is how long after each offer or answer a socket may
+	// latch to a better source (the SDP address first, then its host);
+	// default 3s, like rtpengine's delayed learning.
+	LearnWindow time.Duration
+	// RelatchAfter is the silence of a latched source after which another
+	// source may latch without signalling (NAT rebinding); default 5s.
+	RelatchAfter time.Duration
+	// Quarantine is how long a freed port pair stays unused; default 5s.
+	Quarantine time.Duration
+	// FloodLimit packets per FloodWindow are accepted on one socket, the
+	// rest dropped and counted; defaults 100 per 10ms.
+	FloodLimit  int
+	FloodWindow time.Duration
 }
 
 // Pairs returns how many even/odd RTP/RTCP port pairs the range holds.
@@ -41,6 +72,8 @@ func (c Config) validate() error {
 		return fmt.Errorf("rtprelay: port range %d..%d must be even-based, hold a pair and lie in 1024..65535", c.PortMin, c.PortMax)
 	case c.Timeout <= 0:
 		return errors.New("rtprelay: timeout must be positive")
+	case c.HoldTimeout < 0 || c.LearnWindow < 0 || c.RelatchAfter < 0 || c.Quarantine < 0 || c.FloodLimit < 0 || c.FloodWindow < 0:
+		return errors.New("rtprelay: durations and limits must not be negative")
 	}
 	return nil
 }
@@ -85,11 +118,21 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
-// Relay anchors media. Its methods are safe for concurrent use.
+// Relay anchors the media of calls. Its methods are safe for concurrent
+// use; the sockets it binds belong to Run, which closes them when it ends.
 type Relay struct {
-	cfg Config
-	log *slog.Logger
-	m   *Metrics
+	cfg   Config
+	log   *slog.Logger
+	m     *Metrics
+	cnt   *counters
+	lim   limits
+	pool  *pool
+	eng   engine
+	epoch time.Time
+
+	mu     sync.Mutex
+	calls  map[string]*call
+	closed bool
 }
 
 // New validates cfg and returns a Relay; it binds nothing.
@@ -100,15 +143,68 @@ func New(cfg Config, log *slog.Logger, m *Metrics) (*Relay, error) {
 	if !cfg.Advertise.IsValid() {
 		cfg.Advertise = cfg.Listen
 	}
+	cfg.Listen, cfg.Advertise = cfg.Listen.Unmap(), cfg.Advertise.Unmap()
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&cfg.LearnWindow, 3*time.Second)
+	def(&cfg.RelatchAfter, 5*time.Second)
+	def(&cfg.Quarantine, 5*time.Second)
+	def(&cfg.FloodWindow, 10*time.Millisecond)
+	if cfg.FloodLimit == 0 {
+		cfg.FloodLimit = 100
+	}
 	m.PortsCapacity.Set(float64(cfg.Pairs() * 2))
-	return &Relay{cfg: cfg, log: log, m: m}, nil
+	r := &Relay{
+		cfg: cfg, log: log, m: m, cnt: newCounters(m),
+		lim: limits{
+			relatchAfter: int64(cfg.RelatchAfter), floodWindow: int64(cfg.FloodWindow), floodLimit: cfg.FloodLimit,
+		},
+		pool:  newPool(cfg.Listen, cfg.PortMin, cfg.PortMax, cfg.Quarantine, m.PortsInUse),
+		epoch: time.Now(),
+		calls: make(map[string]*call),
+	}
+	r.eng = newGoEngine(r.epoch)
+	return r, nil
 }
 
-// Run owns the relay's sockets until ctx ends; then it closes them all and
-// returns nil.
+// now is the packet path's clock: nanoseconds since New.
+func (r *Relay) now() int64 { return int64(time.Since(r.epoch)) }
+
+// Run checks media timeouts until ctx ends; then it deletes every call,
+// closes every socket, waits for the packet loops and returns nil. Calls
+// can be offered before Run starts; none after it returned.
 func (r *Relay) Run(ctx context.Context) error {
-	<-ctx.Done()
-	return nil
+	tick := r.cfg.Timeout / 4
+	if r.cfg.HoldTimeout > 0 && r.cfg.HoldTimeout/4 < tick {
+		tick = r.cfg.HoldTimeout / 4
+	}
+	tick = min(max(tick, 10*time.Millisecond), time.Second)
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			r.shutdown()
+			return nil
+		case <-t.C:
+			r.checkTimeouts()
+		}
+	}
+}
+
+func (r *Relay) shutdown() {
+	r.mu.Lock()
+	r.closed = true
+	calls := r.calls
+	r.calls = make(map[string]*call)
+	r.mu.Unlock()
+	for _, c := range calls {
+		r.drop(c)
+	}
+	r.eng.wait()
 }
 
 // ProbePorts binds every port of the range on listen (UDP), then releases

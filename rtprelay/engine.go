@@ -1,0 +1,72 @@
+package rtprelay
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+)
+
+// engine moves packets between the relay's sockets. The relay decides
+// what happens to a packet (sock.receive); an engine only reads and writes.
+// The first engine runs a goroutine per socket; an epoll engine (N workers,
+// each socket pinned to one worker so a stream is never reordered) can
+// replace it without touching the relay.
+type engine interface {
+	// start begins serving s. s.out is set.
+	start(s *sock)
+	// stop closes s; packets stop flowing. It does not wait.
+	stop(s *sock)
+	// wait blocks until every socket stopped so far is no longer served.
+	wait()
+}
+
+// bufSize is the loop's receive buffer: above any Ethernet MTU, so a full
+// buffer means an oversized datagram, which is dropped.
+const bufSize = 2048
+
+// goEngine serves each socket with its own goroutine, blocking in
+// ReadFromUDPAddrPort and forwarding synchronously with WriteToUDPAddrPort.
+type goEngine struct {
+	epoch time.Time
+	wg    sync.WaitGroup
+}
+
+func newGoEngine(epoch time.Time) *goEngine { return &goEngine{epoch: epoch} }
+
+func (e *goEngine) start(s *sock) { e.wg.Go(func() { e.loop(s) }) }
+
+func (e *goEngine) stop(s *sock) { s.conn.Close() }
+
+func (e *goEngine) wait() { e.wg.Wait() }
+
+func (e *goEngine) loop(s *sock) {
+	buf := make([]byte, bufSize)
+	for {
+		n, src, err := s.conn.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		e.forward(s, buf[:n], src)
+	}
+}
+
+func (e *goEngine) forward(s *sock, p []byte, src netip.AddrPort) {
+	if len(p) >= bufSize {
+		s.st.dropped.Add(1)
+		return
+	}
+	out, dst, ok := s.receive(p, src, int64(time.Since(e.epoch)))
+	if !ok {
+		return
+	}
+	if _, err := out.conn.WriteToUDPAddrPort(p, dst); err != nil {
+		s.st.dropped.Add(1)
+		return
+	}
+	out.sent(len(p))
+}
