@@ -567,6 +567,7 @@ func (s *syncRun) syncReach(ctx context.Context, priv Privileges, plan Plan, use
 		if err != nil && !errors.Is(err, ErrNotGranted) {
 			// The node exists with another access model (precondition-not-met):
 			// keep the owner's configuration and publish without options.
+			s.c.log.Debug("component reach publish with options failed; retrying without", "jid", key, "err", err)
 			_, err = privilegedIQ(ctx, s.send, priv, s.c.addr, user, stanza.SetIQ, publishPayload(NodeReach, reachElement(want), ""))
 		}
 		if err == nil {
@@ -650,16 +651,21 @@ func (s *syncRun) syncVCard(ctx context.Context, priv Privileges, plan Plan, use
 }
 
 // readVCard4 returns user's vCard4 (nil if none) and whether the node
-// exists. mod_privilege reports every error of the wrapped IQ as
-// internal-server-error, so a failed read is told apart from a missing node
-// by asking the server's XEP-0292 handler as the component itself.
+// exists. Prosody 0.12 forwards the wrapped IQ's item-not-found when the
+// node does not exist. Should a server hide the condition, a failed read is
+// told apart from a missing node by asking the server's XEP-0292 handler as
+// the component itself; anything but item-not-found there is an error (a
+// vCard is never overwritten on a guess).
 func (s *syncRun) readVCard4(ctx context.Context, priv Privileges, user jid.JID) (*node, bool, error) {
 	resp, err := privilegedIQ(ctx, s.send, priv, s.c.addr, user, stanza.GetIQ, itemsPayload(NodeVCard4))
 	if err == nil {
 		return parseItems(resp.child(NSPubSub, "pubsub")), true, nil
 	}
-	if errors.Is(err, ErrNotGranted) {
+	switch {
+	case errors.Is(err, ErrNotGranted):
 		return nil, false, err
+	case isCondition(err, "item-not-found"):
+		return nil, false, nil // Prosody 0.12: the user has no vCard4 node
 	}
 	_, err2 := ownIQ(ctx, s.send, s.c.addr, user, stanza.GetIQ, elem(NSVCard4, "vcard"))
 	if isCondition(err2, "item-not-found") {

@@ -1,0 +1,289 @@
+package component
+
+import (
+	"context"
+	"fmt"
+	"encoding/xml"
+	"errors"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"mellium.im/xmlstream"
+	"mellium.im/xmpp"
+	"mellium.im/xmpp/jid"
+	"mellium.im/xmpp/ping"
+	"mellium.im/xmpp/stanza"
+
+	"github.com/cusax-gw/cusax-gw/identity"
+	"github.com/cusax-gw/cusax-gw/internal/testenv"
+)
+
+// A 1x1 PNG, alice's avatar.
+const tinyPNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+
+// client is a real c2s session of a test user with its Serve loop.
+type client struct {
+	s    *xmpp.Session
+	done chan error
+}
+
+func dialClient(t *testing.T, addr, user, password string) *client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	s, err := testenv.DialClient(ctx, addr, jid.MustParse(user), password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &client{s: s, done: make(chan error, 1)}
+	go func() { c.done <- s.Serve(nil) }()
+	t.Cleanup(c.close)
+	return c
+}
+
+func (c *client) close() {
+	_ = c.s.Close()
+	select {
+	case <-c.done:
+	case <-time.After(5 * time.Second):
+	}
+	_ = c.s.Conn().Close()
+}
+
+// iq sends payload to `to` and returns the reply.
+func (c *client) iq(t *testing.T, typ stanza.IQType, to string, payload *node) (*node, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	var tj jid.JID
+	if to != "" {
+		tj = jid.MustParse(to)
+	}
+	resp, err := sessionSender{c.s}.sendIQ(ctx, stanza.IQ{Type: typ, To: tj}, payload)
+	if err != nil {
+		t.Fatalf("%s IQ to %s: %v", typ, to, err)
+	}
+	if resp.attr("type") == "error" {
+		return nil, stanzaError(resp)
+	}
+	return resp, nil
+}
+
+// barrier makes a ping round trip to the server: everything the client
+// sent before has been processed.
+func (c *client) barrier(t *testing.T) {
+	t.Helper()
+	if _, err := c.iq(t, stanza.GetIQ, "", elem(ping.NS, "ping")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (c *client) presence(t *testing.T, typ stanza.PresenceType, to string) {
+	t.Helper()
+	p := stanza.Presence{Type: typ}
+	if to != "" {
+		p.To = jid.MustParse(to)
+	}
+	if err := c.s.Send(t.Context(), p.Wrap(nil)); err != nil {
+		t.Fatal(err)
+	}
+	c.barrier(t)
+}
+
+// reachOf reads user's XEP-0152 addresses as this client sees them.
+func (c *client) reachOf(t *testing.T, user string) []string {
+	resp, err := c.iq(t, stanza.GetIQ, user, itemsPayload(NodeReach))
+	if err != nil {
+		return []string{"error: " + err.Error()}
+	}
+	return parseReach(parseItems(resp.child(NSPubSub, "pubsub")))
+}
+
+// vcardTempOf reads user's vcard-temp.
+func (c *client) vcardTempOf(t *testing.T, user string) *node {
+	resp, err := c.iq(t, stanza.GetIQ, user, elem(NSVCard, "vCard"))
+	if err != nil {
+		t.Fatalf("vcard-temp of %s: %v", user, err)
+	}
+	return resp.child(NSVCard, "vCard")
+}
+
+// eventually polls cond until it holds and returns how long that took.
+func eventually(t *testing.T, what string, cond func() (bool, string)) time.Duration {
+	t.Helper()
+	start := time.Now()
+	var last string
+	for time.Since(start) < waitLimit {
+		ok, state := cond()
+		if ok {
+			return time.Since(start)
+		}
+		last = state
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("%s: not within %s; last state: %s", what, waitLimit, last)
+	return 0
+}
+
+func wantReach(t *testing.T, c *client, user string, want ...string) func() (bool, string) {
+	return func() (bool, string) {
+		got := c.reachOf(t, user)
+		return slices.Equal(got, want), xmlString(got)
+	}
+}
+
+func xmlString(v []string) string { return "[" + joinComma(v) + "]" }
+
+func joinComma(v []string) string {
+	s := ""
+	for i, x := range v {
+		if i > 0 {
+			s += ", "
+		}
+		s += x
+	}
+	return s
+}
+
+func syncCount(c *Component, kind, result string) float64 {
+	return testutil.ToFloat64(c.m.sync.WithLabelValues(kind, result))
+}
+
+func TestIntegrationSyncProsody(t *testing.T) {
+	users := map[string]string{"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw"}
+	x := testenv.StartProsody(t, testenv.ProsodyOptions{Privileged: true, Users: users})
+	alice, bob := "alice@"+x.Domain, "bob@"+x.Domain
+
+	// Alice sets her own vCard the way clients do (vcard-temp), with a
+	// private number of hers; bob subscribes to her presence (the default
+	// access model of reach is presence).
+	ac := dialClient(t, x.C2SAddr, alice, users["alice"])
+	own := elem(NSVCard, "vCard",
+		elem(NSVCard, "FN", "Alice Liddell"),
+		elem(NSVCard, "PHOTO", elem(NSVCard, "TYPE", "image/png"), elem(NSVCard, "BINVAL", tinyPNG)),
+		elem(NSVCard, "TEL", elem(NSVCard, "HOME"), elem(NSVCard, "VOICE"), elem(NSVCard, "NUMBER", "+493012345678")),
+	)
+	if _, err := ac.iq(t, stanza.SetIQ, "", own); err != nil {
+		t.Fatalf("alice sets her vCard: %v", err)
+	}
+	bc := dialClient(t, x.C2SAddr, bob, users["bob"])
+	bc.presence(t, stanza.SubscribePresence, alice)
+	ac.presence(t, stanza.SubscribedPresence, bob)
+	carol := "carol@" + x.Domain // has no vCard at all
+	cc := dialClient(t, x.C2SAddr, carol, users["carol"])
+	bc.presence(t, stanza.SubscribePresence, carol)
+	cc.presence(t, stanza.SubscribedPresence, bob)
+
+	store := identity.NewMemoryStore()
+	t.Cleanup(func() { _ = store.Close() })
+	put := func(tels ...string) {
+		t.Helper()
+		if _, err := store.Put(t.Context(), identity.Identity{JID: alice, SIP: []string{"sip:alice@" + x.Domain}, Tel: tels, Name: "Alice"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("+15551230001")
+	if _, err := store.Put(t.Context(), identity.Identity{JID: carol, Tel: []string{"+15551230100"}, Name: "Carol"}); err != nil {
+		t.Fatal(err)
+	}
+
+	cfg := Config{
+		JID: x.Component, Server: x.ComponentAddr, Secret: Secret(x.Secret), Domain: x.Domain,
+		MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
+		Identities: store,
+		Sync:       SyncConfig{Reach: true, VCard: VCardEnforce, Interval: time.Hour},
+	}
+	c, _, logs := newTest(t, cfg)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("component log:\n%s", logs)
+		}
+	})
+	r := start(t, c)
+	waitFor(t, c, "up with v2 privileges", func() bool { return c.Up() && c.Privileges().Version == 2 })
+	if got, want := c.Plan().String(), "reach=privileged-iq vcard=privileged-iq(vcard4)"; got != want {
+		t.Errorf("Plan() = %s, want %s", got, want)
+	}
+
+	d := eventually(t, "bob sees alice's reach", wantReach(t, bc, alice, "sip:alice@"+x.Domain, "tel:+15551230001"))
+	t.Logf("initial reconcile visible to bob after %s", d)
+
+	checkVCard := func(wantTels ...string) func() (bool, string) {
+		return func() (bool, string) {
+			v := bc.vcardTempOf(t, alice)
+			ok := v.child(NSVCard, "FN").text() == "Alice Liddell" &&
+				v.child(NSVCard, "PHOTO").child(NSVCard, "BINVAL").text() == tinyPNG &&
+				slices.Equal(vcardTempNumbers(v), wantTels)
+			return ok, v.String()
+		}
+	}
+	eventually(t, "alice's vCard holds the map's number, her name and photo", checkVCard("+15551230001"))
+	eventually(t, "carol gets a vCard", func() (bool, string) {
+		v := bc.vcardTempOf(t, carol)
+		return slices.Equal(vcardTempNumbers(v), []string{"+15551230100"}) && v.child(NSVCard, "FN").text() == "Carol", v.String()
+	})
+
+	// Idempotence: alice comes online again; the re-check writes nothing.
+	before := syncCount(c, KindReach, ResultUnchanged) + syncCount(c, KindVCard, ResultUnchanged)
+	ac.presence(t, stanza.AvailablePresence, "")
+	eventually(t, "presence re-check finds everything unchanged", func() (bool, string) {
+		n := syncCount(c, KindReach, ResultUnchanged) + syncCount(c, KindVCard, ResultUnchanged)
+		return n >= before+2, fmt.Sprint(n)
+	})
+
+	// A change of the map shows up.
+	var lat []time.Duration
+	for i, tel := range []string{"+15551230002", "+15551230003", "+15551230004", "+15551230005", "+15551230006"} {
+		put("+15551230001", tel)
+		d := eventually(t, "bob sees the change", wantReach(t, bc, alice, "sip:alice@"+x.Domain, "tel:+15551230001", "tel:"+tel))
+		lat = append(lat, d)
+		_ = i
+	}
+	slices.Sort(lat)
+	t.Logf("change-to-visible latency (poll every 20ms): min %s median %s max %s", lat[0], lat[len(lat)/2], lat[len(lat)-1])
+	eventually(t, "vCard follows", checkVCard("+15551230001", "+15551230006"))
+
+	// Deleting alice clears her reach and, in enforce mode, her numbers.
+	if err := store.Delete(t.Context(), alice); err != nil {
+		t.Fatal(err)
+	}
+	d = eventually(t, "bob sees alice's reach cleared", wantReach(t, bc, alice))
+	t.Logf("delete visible after %s", d)
+	eventually(t, "vCard numbers removed, name and photo kept", checkVCard())
+
+	// The server restarts while the map changes: the component comes back
+	// and reconciles.
+	if err := x.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	put("+15551230009")
+	if err := x.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, c, "up again after the restart", func() bool { return c.Up() && c.Privileges().Version == 2 })
+	bc2 := dialClient(t, x.C2SAddr, bob, users["bob"])
+	d = eventually(t, "bob sees alice's reach after the restart", wantReach(t, bc2, alice, "sip:alice@"+x.Domain, "tel:+15551230009"))
+	t.Logf("in sync %s after the server came back", d)
+	eventually(t, "vCard after the restart", func() (bool, string) {
+		v := bc2.vcardTempOf(t, alice)
+		return slices.Equal(vcardTempNumbers(v), []string{"+15551230009"}) && v.child(NSVCard, "PHOTO") != nil, v.String()
+	})
+
+	if err := r.stop(t); err != nil {
+		t.Errorf("Run() = %v", err)
+	}
+	if testing.Verbose() {
+		t.Logf("component log:\n%s", logs)
+	}
+	if n := syncCount(c, KindReach, ResultError) + syncCount(c, KindVCard, ResultError); n != 0 {
+		t.Errorf("%g sync errors:\n%s", n, logs)
+	}
+}
+
+var _ = errors.Is
+var _ = xml.Name{}
+var _ = xmlstream.Token
+var _ sync.Mutex
