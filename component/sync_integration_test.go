@@ -287,3 +287,85 @@ var _ = errors.Is
 var _ = xml.Name{}
 var _ = xmlstream.Token
 var _ sync.Mutex
+
+func TestIntegrationSyncEjabberd(t *testing.T) {
+	users := map[string]string{"alice": "alice-pw", "bob": "bob-pw"}
+	x := testenv.StartEjabberd(t, testenv.EjabberdOptions{Users: users})
+	alice, bob := "alice@"+x.Domain, "bob@"+x.Domain
+
+	ac := dialClient(t, x.C2SAddr, alice, users["alice"])
+	own := elem(NSVCard, "vCard",
+		elem(NSVCard, "FN", "Alice Liddell"),
+		elem(NSVCard, "PHOTO", elem(NSVCard, "TYPE", "image/png"), elem(NSVCard, "BINVAL", tinyPNG)),
+		elem(NSVCard, "TEL", elem(NSVCard, "HOME"), elem(NSVCard, "VOICE"), elem(NSVCard, "NUMBER", "+493012345678")),
+	)
+	if _, err := ac.iq(t, stanza.SetIQ, "", own); err != nil {
+		t.Fatalf("alice sets her vCard: %v", err)
+	}
+	bc := dialClient(t, x.C2SAddr, bob, users["bob"])
+	bc.presence(t, stanza.SubscribePresence, alice)
+	ac.presence(t, stanza.SubscribedPresence, bob)
+
+	store := identity.NewMemoryStore()
+	t.Cleanup(func() { _ = store.Close() })
+	put := func(tels ...string) {
+		t.Helper()
+		if _, err := store.Put(t.Context(), identity.Identity{JID: alice, SIP: []string{"sip:alice@" + x.Domain}, Tel: tels, Name: "Alice"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("+15551230001")
+
+	cfg := Config{
+		JID: x.Component, Server: x.ComponentAddr, Secret: Secret(x.Secret), Domain: x.Domain,
+		MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
+		Identities: store,
+		Sync:       SyncConfig{Reach: true, VCard: VCardEnforce, Interval: time.Hour, EjabberdAPI: x.APIURL},
+	}
+	c, _, logs := newTest(t, cfg)
+	t.Cleanup(func() {
+		if t.Failed() || testing.Verbose() {
+			t.Logf("component log:\n%s", logs)
+		}
+	})
+	r := start(t, c)
+	waitFor(t, c, "up with v1 privileges", func() bool { return c.Up() && c.Privileges().Version == 1 })
+	if got, want := c.Plan().String(), "reach=ejabberd-api vcard=ejabberd-api(vcard-temp)"; got != want {
+		t.Errorf("Plan() = %s, want %s", got, want)
+	}
+
+	d := eventually(t, "bob sees alice's reach", wantReach(t, bc, alice, "sip:alice@"+x.Domain, "tel:+15551230001"))
+	t.Logf("initial reconcile visible to bob after %s", d)
+	checkVCard := func(wantTels ...string) func() (bool, string) {
+		return func() (bool, string) {
+			v := bc.vcardTempOf(t, alice)
+			ok := v.child(NSVCard, "FN").text() == "Alice Liddell" &&
+				v.child(NSVCard, "PHOTO").child(NSVCard, "BINVAL").text() == tinyPNG &&
+				slices.Equal(vcardTempNumbers(v), wantTels)
+			return ok, v.String()
+		}
+	}
+	eventually(t, "alice's vcard-temp holds the map's number, her name and photo", checkVCard("+15551230001"))
+
+	var lat []time.Duration
+	for _, tel := range []string{"+15551230002", "+15551230003", "+15551230004"} {
+		put("+15551230001", tel)
+		lat = append(lat, eventually(t, "bob sees the change", wantReach(t, bc, alice, "sip:alice@"+x.Domain, "tel:+15551230001", "tel:"+tel)))
+	}
+	slices.Sort(lat)
+	t.Logf("change-to-visible latency (poll every 20ms): min %s max %s", lat[0], lat[len(lat)-1])
+	eventually(t, "vCard follows", checkVCard("+15551230001", "+15551230004"))
+
+	if err := store.Delete(t.Context(), alice); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "bob sees alice's reach cleared", wantReach(t, bc, alice))
+	eventually(t, "vCard numbers removed, name and photo kept", checkVCard())
+
+	if err := r.stop(t); err != nil {
+		t.Errorf("Run() = %v", err)
+	}
+	if n := syncCount(c, KindReach, ResultError) + syncCount(c, KindVCard, ResultError); n != 0 {
+		t.Errorf("%g sync errors", n)
+	}
+}
