@@ -45,6 +45,9 @@ type fakeServer struct {
 	silent atomic.Bool
 	// ignorePings makes the server drop the component's pings.
 	ignorePings atomic.Bool
+	// respond, if set, may answer a stanza from the component instead of
+	// passing it to the test through fakeConn.in.
+	respond func(e element) (reply string, ok bool)
 	// stallFirst makes the first connection send a disco#info query after
 	// the handshake and then never read again: the component's answer, and
 	// every write after it, blocks (on a net.Pipe).
@@ -219,6 +222,12 @@ func (s *fakeServer) handle(conn net.Conn) {
 				}
 				notify(fc.pings, e)
 				continue
+			}
+			if s.respond != nil {
+				if reply, ok := s.respond(e); ok {
+					fc.send(reply)
+					continue
+				}
 			}
 			notify(fc.in, e)
 		}
