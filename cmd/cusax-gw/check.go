@@ -43,6 +43,7 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 	if *offline {
 		return exitOK
 	}
+	quietLibraries(discardLogger())
 	results := check.Run(ctx, probes(cfg), probeTimeout)
 	if !check.Print(stdout, results) {
 		return exitFailure

@@ -13,7 +13,7 @@ import (
 )
 
 // startDaemon runs a daemon for cfg until the test ends.
-func startDaemon(t *testing.T, cfg *config.Config) {
+func startDaemon(t *testing.T, cfg *config.Config) *daemon {
 	t.Helper()
 	d, err := newDaemon(cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
@@ -33,6 +33,7 @@ func startDaemon(t *testing.T, cfg *config.Config) {
 			t.Errorf("run = %v", err)
 		}
 	})
+	return d
 }
 
 func TestIdentityCLI(t *testing.T) {

@@ -34,6 +34,7 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer, getenv func(st
 		return exitUsage
 	}
 	log := newLogger(cfg, stderr)
+	quietLibraries(log)
 	d, err := newDaemon(cfg, log)
 	if err != nil {
 		log.Error("startup failed", "err", err)
