@@ -185,7 +185,7 @@ func (r *Relay) apply(c *call, side int, p *parsedSDP, offer bool) ([]byte, erro
 		}
 		for _, s := range []int{side, other} {
 			if st.ends[s] == nil {
-				e, err := r.newEndpoint()
+				e, err := r.newEndpoint(c.id)
 				if err != nil {
 					c.streams = c.streams[:oldStreams]
 					return fail(err)
@@ -297,15 +297,15 @@ func setOrigin(sdp []byte, id, ver uint64, adv netip.Addr) []byte {
 	return append(out, rest...)
 }
 
-func (r *Relay) newEndpoint() (*endpoint, error) {
+func (r *Relay) newEndpoint(callID string) (*endpoint, error) {
 	pr, err := r.pool.get()
 	if err != nil {
 		return nil, err
 	}
 	return &endpoint{
 		pair: pr,
-		rtp:  newSock(pr.rtp, pr.port, r.cnt, &r.lim),
-		rtcp: newSock(pr.rtcp, pr.port+1, r.cnt, &r.lim),
+		rtp:  newSock(pr.rtp, pr.port, callID, r.cnt, &r.lim),
+		rtcp: newSock(pr.rtcp, pr.port+1, callID, r.cnt, &r.lim),
 	}, nil
 }
 

@@ -2,6 +2,8 @@ package rtprelay
 
 import (
 	"errors"
+	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"sync"
@@ -30,10 +32,13 @@ const bufSize = 2048
 // ReadFromUDPAddrPort and forwarding synchronously with WriteToUDPAddrPort.
 type goEngine struct {
 	epoch time.Time
+	log   *slog.Logger
 	wg    sync.WaitGroup
 }
 
-func newGoEngine(epoch time.Time) *goEngine { return &goEngine{epoch: epoch} }
+func newGoEngine(epoch time.Time, log *slog.Logger) *goEngine {
+	return &goEngine{epoch: epoch, log: log}
+}
 
 func (e *goEngine) start(s *sock) { e.wg.Go(func() { e.loop(s) }) }
 
@@ -43,11 +48,25 @@ func (e *goEngine) wait() { e.wg.Wait() }
 
 func (e *goEngine) loop(s *sock) {
 	buf := make([]byte, bufSize)
+	for !e.serve(s, buf) {
+	}
+}
+
+// serve reads and forwards until the socket is closed (true) or a packet
+// made the packet path panic (false, logged, the packet dropped): one bad
+// packet must not take down the relay.
+func (e *goEngine) serve(s *sock, buf []byte) (closed bool) {
+	defer func() {
+		if v := recover(); v != nil {
+			s.st.dropped.Add(1)
+			e.log.Error("packet path panic", "call_id", s.callID, "err", fmt.Sprint(v))
+		}
+	}()
 	for {
 		n, src, err := s.conn.ReadFromUDPAddrPort(buf)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
-				return
+				return true
 			}
 			continue
 		}

@@ -376,7 +376,7 @@ func testSocks() (a, b *sock, cnt *counters) {
 	m := NewMetrics(prometheus.NewRegistry())
 	cnt = newCounters(m)
 	lim := &limits{relatchAfter: int64(5 * time.Second), floodWindow: int64(10 * time.Millisecond), floodLimit: 100}
-	a, b = newSock(nil, 30000, cnt, lim), newSock(nil, 30002, cnt, lim)
+	a, b = newSock(nil, 30000, "c", cnt, lim), newSock(nil, 30002, "c", cnt, lim)
 	a.out, b.out = b, a
 	return a, b, cnt
 }
@@ -529,11 +529,11 @@ func TestForwardAllocs(t *testing.T) {
 // forwardRig binds two relay sockets wired to each other, the first
 // expecting and latched to a phone socket, the second sending to it.
 func forwardRig(t testing.TB, r *Relay) (sa, sb *sock, phone *net.UDPConn) {
-	ea, err := r.newEndpoint()
+	ea, err := r.newEndpoint("bench")
 	if err != nil {
 		t.Fatal(err)
 	}
-	eb, err := r.newEndpoint()
+	eb, err := r.newEndpoint("bench")
 	if err != nil {
 		t.Fatal(err)
 	}

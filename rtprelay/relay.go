@@ -166,7 +166,7 @@ func New(cfg Config, log *slog.Logger, m *Metrics) (*Relay, error) {
 		epoch: time.Now(),
 		calls: make(map[string]*call),
 	}
-	r.eng = newGoEngine(r.epoch)
+	r.eng = newGoEngine(r.epoch, log)
 	return r, nil
 }
 

@@ -70,11 +70,12 @@ const (
 // sock is one bound UDP socket of the relay, facing one side of a stream.
 // Packets read from it leave through out towards out's peer.
 type sock struct {
-	conn *net.UDPConn
-	port int
-	out  *sock // set before the engine starts serving the socket
-	cnt  *counters
-	lim  *limits
+	conn   *net.UDPConn
+	port   int
+	callID string // for logs only
+	out    *sock  // set before the engine starts serving the socket
+	cnt    *counters
+	lim    *limits
 
 	peer    atomic.Pointer[netip.AddrPort] // where packets for this side go; nil: nowhere
 	latched atomic.Bool
@@ -91,8 +92,8 @@ type sock struct {
 	rtp        rtpState
 }
 
-func newSock(conn *net.UDPConn, port int, cnt *counters, lim *limits) *sock {
-	s := &sock{conn: conn, port: port, cnt: cnt, lim: lim}
+func newSock(conn *net.UDPConn, port int, callID string, cnt *counters, lim *limits) *sock {
+	s := &sock{conn: conn, port: port, callID: callID, cnt: cnt, lim: lim}
 	s.learn.Store(&learnState{})
 	return s
 }
