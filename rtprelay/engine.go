@@ -11,16 +11,24 @@ import (
 )
 
 // engine moves packets between the relay's sockets. The relay decides
-// what happens to a packet (sock.receive); an engine only reads and writes.
-// The first engine runs a goroutine per socket; an epoll engine (N workers,
-// each socket pinned to one worker so a stream is never reordered) can
-// replace it without touching the relay.
+// what happens to a packet (sock.receive: latching, counters, flood guard,
+// destination); an engine only reads, calls receive, writes to the
+// returned socket's peer and calls sent.
+//
+// goEngine runs a goroutine per socket. An epoll engine (golang.org/x/sys/unix,
+// N workers, each socket's fd pinned to one worker so a stream is never
+// reordered, recvfrom on the raw fd, writes through out.conn so a
+// concurrently closed destination is safe) fits the same interface: start
+// adds the fd to a worker's epoll set, stop hands the close to that worker
+// so an fd is never read after it was closed and reused, wait stops the
+// workers.
 type engine interface {
-	// start begins serving s. s.out is set.
+	// start begins serving s; s.out is set and stays.
 	start(s *sock)
 	// stop closes s; packets stop flowing. It does not wait.
 	stop(s *sock)
-	// wait blocks until every socket stopped so far is no longer served.
+	// wait is called once, at shutdown, after every socket was stopped; it
+	// returns when nothing is served any more.
 	wait()
 }
 

@@ -105,9 +105,3 @@ func (p *pool) pushLocked(f freePair) {
 	p.count++
 }
 
-// available returns how many pairs are free (quarantined ones included).
-func (p *pool) available() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.count
-}
