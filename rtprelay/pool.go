@@ -104,4 +104,3 @@ func (p *pool) pushLocked(f freePair) {
 	p.free[(p.head+p.count)%len(p.free)] = f
 	p.count++
 }
-
