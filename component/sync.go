@@ -346,6 +346,7 @@ func (c *Component) syncLoop(ctx context.Context, send iqSender) {
 		reconcile  = make(chan struct{}, 1) // a full reconcile is wanted
 		reconciled = make(chan error, 1)    // the running one ended
 		running    bool
+		again      bool // asked for while one was running
 	)
 	watch := func() {
 		rev, err := c.cfg.Identities.Rev(ctx)
@@ -367,7 +368,8 @@ func (c *Component) syncLoop(ctx context.Context, send iqSender) {
 			return
 		case <-reconcile:
 			if running {
-				break // the loop asks again when it ends
+				again = true // started when the running one ends
+				break
 			}
 			running = true
 			wg.Go(func() { reconciled <- s.reconcile(ctx) })
@@ -375,6 +377,10 @@ func (c *Component) syncLoop(ctx context.Context, send iqSender) {
 			running = false
 			if err != nil && ctx.Err() == nil {
 				c.log.Warn("component sync reconcile failed", "err", err)
+			}
+			if again {
+				again = false
+				signal(reconcile)
 			}
 		case <-ticker.C:
 			if events == nil {

@@ -184,3 +184,36 @@ func TestNormNumber(t *testing.T) {
 		}
 	}
 }
+
+// FuzzParseTree checks that parseTree never panics and that what it
+// accepts serialises to text that parses back to the same tree.
+func FuzzParseTree(f *testing.F) {
+	for _, name := range []string{"vcard/vcard4-alice.xml", "vcard/vcard-temp-alice.xml"} {
+		b, err := os.ReadFile(filepath.Join("testdata", name))
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(string(b))
+	}
+	f.Add(`<a xmlns='x' xmlns:p='y'><p:b p:c='1'/>text&amp;</a>`)
+	f.Add(`<iq><privilege xmlns='urn:xmpp:privilege:2'><forwarded xmlns='urn:xmpp:forward:0'><iq xmlns='jabber:client' type='error'/></forwarded></privilege></iq>`)
+	f.Fuzz(func(t *testing.T, in string) {
+		n, err := parseTreeString(in)
+		if err != nil {
+			return
+		}
+		s := n.String()
+		again, err := parseTreeString(s)
+		if err != nil {
+			t.Fatalf("parse(%q).String() = %q does not parse: %v", in, s, err)
+		}
+		if again.String() != s {
+			t.Fatalf("round trip changed %q into %q", s, again.String())
+		}
+		_ = parseReach(n)
+		_ = vcardTempNumbers(n)
+		_ = mergeVCard4(n, aliceTels, aliceAORs, "A", VCardEnforce)
+		_ = mergeVCardTemp(n, aliceTels, VCardEnforce)
+		_ = stanzaError(n)
+	})
+}
