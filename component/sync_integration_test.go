@@ -3,15 +3,12 @@ package component
 import (
 	"context"
 	"fmt"
-	"encoding/xml"
-	"errors"
 	"slices"
-	"sync"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"mellium.im/xmlstream"
 	"mellium.im/xmpp"
 	"mellium.im/xmpp/jid"
 	"mellium.im/xmpp/ping"
@@ -135,18 +132,7 @@ func wantReach(t *testing.T, c *client, user string, want ...string) func() (boo
 	}
 }
 
-func xmlString(v []string) string { return "[" + joinComma(v) + "]" }
-
-func joinComma(v []string) string {
-	s := ""
-	for i, x := range v {
-		if i > 0 {
-			s += ", "
-		}
-		s += x
-	}
-	return s
-}
+func xmlString(v []string) string { return "[" + strings.Join(v, ", ") + "]" }
 
 func syncCount(c *Component, kind, result string) float64 {
 	return testutil.ToFloat64(c.m.sync.WithLabelValues(kind, result))
@@ -236,11 +222,10 @@ func TestIntegrationSyncProsody(t *testing.T) {
 
 	// A change of the map shows up.
 	var lat []time.Duration
-	for i, tel := range []string{"+15551230002", "+15551230003", "+15551230004", "+15551230005", "+15551230006"} {
+	for _, tel := range []string{"+15551230002", "+15551230003", "+15551230004", "+15551230005", "+15551230006"} {
 		put("+15551230001", tel)
 		d := eventually(t, "bob sees the change", wantReach(t, bc, alice, "sip:alice@"+x.Domain, "tel:+15551230001", "tel:"+tel))
 		lat = append(lat, d)
-		_ = i
 	}
 	slices.Sort(lat)
 	t.Logf("change-to-visible latency (poll every 20ms): min %s median %s max %s", lat[0], lat[len(lat)/2], lat[len(lat)-1])
@@ -282,11 +267,6 @@ func TestIntegrationSyncProsody(t *testing.T) {
 		t.Errorf("%g sync errors:\n%s", n, logs)
 	}
 }
-
-var _ = errors.Is
-var _ = xml.Name{}
-var _ = xmlstream.Token
-var _ sync.Mutex
 
 func TestIntegrationSyncEjabberd(t *testing.T) {
 	users := map[string]string{"alice": "alice-pw", "bob": "bob-pw"}

@@ -2,7 +2,6 @@ package component
 
 import (
 	"context"
-	"encoding/xml"
 	"errors"
 	"fmt"
 	"slices"
@@ -365,5 +364,3 @@ func TestSyncConfigValidate(t *testing.T) {
 		}
 	}
 }
-
-var _ = xml.Name{}
