@@ -84,7 +84,11 @@ func (s SyncConfig) withDefaults() SyncConfig {
 		s.Timeout = DefaultSyncTimeout
 	}
 	if s.HTTPClient == nil {
-		s.HTTPClient = &http.Client{Timeout: s.Timeout}
+		// An own transport: its idle connections are closed when a stream
+		// ends, and nothing is shared with other users of DefaultTransport.
+		s.HTTPClient = &http.Client{Timeout: s.Timeout, Transport: &http.Transport{
+			Proxy: nil, MaxIdleConnsPerHost: DefaultSyncConcurrency, IdleConnTimeout: time.Minute,
+		}}
 	}
 	return s
 }
@@ -311,6 +315,7 @@ func (c *Component) syncLoop(ctx context.Context, send iqSender) {
 	s := &syncRun{c: c, send: send, cfg: cfg, queue: newSyncQueue(4 * cfg.Concurrency)}
 	if cfg.EjabberdAPI != "" {
 		s.api = &apiClient{base: cfg.EjabberdAPI, hc: cfg.HTTPClient}
+		defer cfg.HTTPClient.CloseIdleConnections()
 	}
 	c.presence.drain() // presence from a previous stream is stale
 
@@ -348,13 +353,15 @@ func (c *Component) syncLoop(ctx context.Context, send iqSender) {
 		running    bool
 		again      bool // asked for while one was running
 	)
+	var rewatch <-chan time.Time // retries a failed Watch
 	watch := func() {
 		rev, err := c.cfg.Identities.Rev(ctx)
 		if err == nil {
 			events, err = c.cfg.Identities.Watch(ctx, rev)
 		}
 		if err != nil && ctx.Err() == nil {
-			c.log.Warn("component sync watch failed", "err", err)
+			c.log.Warn("component sync watch failed", "err", err, "retry_in", watchRetry.String())
+			rewatch = time.After(watchRetry)
 		}
 	}
 	watch()
@@ -382,10 +389,13 @@ func (c *Component) syncLoop(ctx context.Context, send iqSender) {
 				again = false
 				signal(reconcile)
 			}
-		case <-ticker.C:
-			if events == nil {
-				watch()
+		case <-rewatch:
+			rewatch = nil
+			watch()
+			if events != nil {
+				signal(reconcile) // changes may have been missed meanwhile
 			}
+		case <-ticker.C:
 			signal(reconcile)
 		case <-changed:
 			if p := c.Privileges(); !p.equal(s.privileges()) {
@@ -394,7 +404,8 @@ func (c *Component) syncLoop(ctx context.Context, send iqSender) {
 			}
 		case ev, ok := <-events:
 			if !ok {
-				events = nil // the store closed; retried at the next tick
+				events = nil // the store closed the feed: watch again soon
+				rewatch = time.After(watchRetry)
 				break
 			}
 			switch ev.Op {
@@ -415,6 +426,10 @@ func (c *Component) syncLoop(ctx context.Context, send iqSender) {
 		}
 	}
 }
+
+// watchRetry is the wait before watching the identity feed again after
+// Watch failed or the feed closed.
+const watchRetry = 5 * time.Second
 
 func (s *syncRun) setPrivileges(p Privileges) {
 	plan := PlanWrites(p, s.cfg)

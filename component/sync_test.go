@@ -2,8 +2,12 @@ package component
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
 	"sync"
@@ -362,5 +366,96 @@ func TestSyncConfigValidate(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("New() error = %v, want it to name %s", err, want)
 		}
+	}
+}
+
+// fakeEjabberd is ejabberd 23.01's loopback API (send_stanza) and its
+// public vcard-temp, as the component sees them.
+type fakeEjabberd struct {
+	mu     sync.Mutex
+	vcards map[string]string // user -> <vCard/>
+	reach  map[string]string // user -> <reach/>
+	calls  int
+}
+
+func (f *fakeEjabberd) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	var req struct{ From, To, Stanza string }
+	if r.URL.Path != "/api/send_stanza" || json.NewDecoder(r.Body).Decode(&req) != nil || req.From != req.To {
+		http.Error(w, "bad request", http.StatusBadRequest)
+		return
+	}
+	iq, err := parseTreeString(req.Stanza)
+	if err != nil || iq.attr("type") != "set" {
+		http.Error(w, "bad stanza", http.StatusBadRequest)
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls++
+	switch p := iq.elements()[0]; p.Name.Space {
+	case NSVCard:
+		f.vcards[req.From] = p.String()
+	case NSPubSub:
+		f.reach[req.From] = p.child(NSPubSub, "publish").child(NSPubSub, "item").elements()[0].String()
+	}
+	_, _ = io.WriteString(w, "0")
+}
+
+// respond answers the component's own vcard-temp gets.
+func (f *fakeEjabberd) respond(e element) (string, bool) {
+	if e.XMLName.Local != "iq" || e.attr("type") != "get" || !strings.Contains(string(e.Inner), "vcard-temp") {
+		return "", false
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	v, ok := f.vcards[e.attr("to")]
+	if !ok {
+		v = `<vCard xmlns='vcard-temp'/>`
+	}
+	return fmt.Sprintf(`<iq type='result' id='%s' from='%s' to='%s'>%s</iq>`, e.attr("id"), e.attr("to"), e.attr("from"), v), true
+}
+
+func TestSyncEjabberdAPIFake(t *testing.T) {
+	f := &fakeEjabberd{vcards: map[string]string{
+		"alice@example.com": `<vCard xmlns='vcard-temp'><FN>Alice Liddell</FN><PHOTO><BINVAL>` + tinyPNG + `</BINVAL></PHOTO></vCard>`,
+	}, reach: map[string]string{}}
+	api := httptest.NewServer(f)
+	defer api.Close()
+	srv := newFakeServer(testSecret, ejabberdAdvert)
+	srv.respond = f.respond
+	store := identity.NewMemoryStore()
+	defer store.Close()
+	if _, err := store.Put(t.Context(), aliceID); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(srv.listen(t))
+	cfg.Identities = store
+	cfg.Sync = SyncConfig{Reach: true, Interval: time.Hour, EjabberdAPI: api.URL + "/api"}
+	c, _, _ := newTest(t, cfg)
+	r := start(t, c)
+	waitCount(t, c, KindReach, ResultOK, 1)
+	waitCount(t, c, KindVCard, ResultOK, 1)
+	f.mu.Lock()
+	gotV, gotR := f.vcards["alice@example.com"], f.reach["alice@example.com"]
+	f.mu.Unlock()
+	if want := `<vCard xmlns='vcard-temp'><FN>Alice Liddell</FN><PHOTO><BINVAL>` + tinyPNG + `</BINVAL></PHOTO><TEL><WORK/><VOICE/><NUMBER>+15551230001</NUMBER></TEL></vCard>`; gotV != want {
+		t.Errorf("vcard-temp = %s, want %s", gotV, want)
+	}
+	if want := `<reach xmlns='urn:xmpp:reach:0'><addr uri='sip:alice@example.com'/><addr uri='tel:+15551230001'/></reach>`; gotR != want {
+		t.Errorf("reach = %s, want %s", gotR, want)
+	}
+	// The same identity again (presence): nothing is written.
+	fc := recv(t, srv.conns, "the stream")
+	fc.send(`<presence from='alice@example.com/pc' to='cusax.example.com'/>`)
+	waitCount(t, c, KindReach, ResultUnchanged, 1)
+	waitCount(t, c, KindVCard, ResultUnchanged, 1)
+	f.mu.Lock()
+	calls := f.calls
+	f.mu.Unlock()
+	if calls != 2 {
+		t.Errorf("%d send_stanza calls, want 2", calls)
+	}
+	if err := r.stop(t); err != nil {
+		t.Fatal(err)
 	}
 }
