@@ -13,4 +13,18 @@
 // connected it answers XEP-0030 disco#info (identity gateway/sip), XEP-0199
 // pings and XEP-0092 version queries, and pings the server itself as a
 // keepalive. Probe performs one handshake for `cusax-gw check`.
+//
+// With Config.Identities set, every stream also runs the sync engine: once
+// the advert is in, PlanWrites chooses per stream how reachability and
+// vCards are written (XEP-0356 v2 privileged IQs, or ejabberd's loopback
+// HTTP API send_stanza, or nothing), and the engine reconciles the whole map,
+// follows the identity change feed, re-checks users whose available
+// presence arrives, and reconciles again every SyncConfig.Interval, with at
+// most SyncConfig.Concurrency users in flight. What it writes: the XEP-0152
+// node urn:xmpp:reach:0 (item current: SIP AORs, then tel: URIs) and the tel
+// fields of the user's vCard (the XEP-0292 vCard4 PEP node urn:xmpp:vcard4
+// on Prosody, XEP-0054 vcard-temp elsewhere), read-modify-write, keeping
+// every field it does not manage, and never writing an unchanged document.
+// Results are counted in cusax_sync_total{kind,result}. Nothing in the sync
+// engine can end the stream.
 package component

@@ -342,6 +342,24 @@ func TestIntegrationSyncEjabberd(t *testing.T) {
 	eventually(t, "bob sees alice's reach cleared", wantReach(t, bc, alice))
 	eventually(t, "vCard numbers removed, name and photo kept", checkVCard())
 
+	// ejabberd restarts while the map changes: the component comes back
+	// and reconciles (its memory of the published reach does not match).
+	if err := x.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	put("+15551230009")
+	if err := x.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, c, "up again after the restart", func() bool { return c.Up() && c.Privileges().Version == 1 })
+	bc2 := dialClient(t, x.C2SAddr, bob, users["bob"])
+	d = eventually(t, "bob sees alice's reach after the restart", wantReach(t, bc2, alice, "sip:alice@"+x.Domain, "tel:+15551230009"))
+	t.Logf("in sync %s after the server came back", d)
+	eventually(t, "vCard after the restart", func() (bool, string) {
+		v := bc2.vcardTempOf(t, alice)
+		return slices.Equal(vcardTempNumbers(v), []string{"+15551230009"}) && v.child(NSVCard, "PHOTO") != nil, v.String()
+	})
+
 	if err := r.stop(t); err != nil {
 		t.Errorf("Run() = %v", err)
 	}
