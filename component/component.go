@@ -70,7 +70,7 @@ func New(cfg Config, log *slog.Logger, m *Metrics) (*Component, error) {
 		jitter:  rand.Float64,
 		changed: make(chan struct{}),
 
-		presence: &presenceSet{jids: map[string]bool{}, ch: make(chan struct{}, 1)},
+		presence: newPresenceSet(),
 		reach:    map[string][]string{},
 
 		closeTimeout: closeTimeout,

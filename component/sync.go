@@ -251,20 +251,43 @@ func (q *syncQueue) idle() bool {
 }
 
 // presenceSet collects the bare JIDs of users whose available presence
-// arrived, deduplicated (mux handlers fire once per child element). The
-// handler adds; the sync loop drains. Safe for concurrent use.
+// arrived, deduplicated: mux handlers fire once per child element of a
+// presence, and clients send several presences when they connect, so a JID
+// noted less than presenceCooldown ago is ignored. The handler adds; the
+// sync loop drains. Safe for concurrent use.
 type presenceSet struct {
 	mu   sync.Mutex
 	jids map[string]bool
+	last map[string]time.Time // when each JID was last noted
 	ch   chan struct{}
 }
 
-const maxPresencePending = 10000
+const (
+	maxPresencePending = 10000
+	presenceCooldown   = 5 * time.Second
+)
+
+func newPresenceSet() *presenceSet {
+	return &presenceSet{jids: map[string]bool{}, last: map[string]time.Time{}, ch: make(chan struct{}, 1)}
+}
 
 func (p *presenceSet) add(jid string) {
+	now := time.Now()
 	p.mu.Lock()
-	if len(p.jids) < maxPresencePending {
+	if t, ok := p.last[jid]; ok && now.Sub(t) < presenceCooldown {
+		p.mu.Unlock()
+		return
+	}
+	if len(p.last) >= maxPresencePending {
+		for j, t := range p.last {
+			if now.Sub(t) >= presenceCooldown {
+				delete(p.last, j)
+			}
+		}
+	}
+	if len(p.jids) < maxPresencePending && len(p.last) < maxPresencePending {
 		p.jids[jid] = true
+		p.last[jid] = now
 	}
 	p.mu.Unlock()
 	signal(p.ch)
