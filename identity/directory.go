@@ -437,7 +437,7 @@ func (d *Directory) follow(ctx context.Context) error {
 		switch ev.Op {
 		case OpResync:
 			d.m.Resyncs.Inc()
-			if rev, err = d.reload(ctx); err != nil {
+			if _, err := d.reload(ctx); err != nil {
 				return err
 			}
 		case OpPut:

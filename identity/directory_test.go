@@ -17,8 +17,7 @@ import (
 // going away would.
 type flakyStore struct {
 	*MemoryStore
-	down    atomic.Bool
-	watches chan chan Event // announces each Watch's channel, for tests
+	down atomic.Bool
 }
 
 func (f *flakyStore) err() error {
