@@ -60,7 +60,7 @@ type Config struct {
 
 	// Identities is the identity map whose reachability and vCard numbers
 	// the component publishes while connected; nil disables synchronisation.
-	Identities Identities
+	Identities Identities `json:"-" yaml:"-"`
 	// Sync says what is published and how (see SyncConfig).
 	Sync SyncConfig
 }

@@ -64,7 +64,7 @@ type SyncConfig struct {
 	// Timeout bounds every request to the server [DefaultSyncTimeout].
 	Timeout time.Duration
 	// HTTPClient calls the ejabberd API [a client with Timeout].
-	HTTPClient *http.Client
+	HTTPClient *http.Client `json:"-" yaml:"-"`
 }
 
 func (s SyncConfig) withDefaults() SyncConfig {
