@@ -25,10 +25,13 @@ type Component struct {
 	m      *Metrics
 	mux    *mux.ServeMux
 
-	// dial, jitter and closeTimeout are replaced by tests.
+	// dial, jitter, closeTimeout and watchRetry are replaced by tests.
 	dial         func(ctx context.Context, network, address string) (net.Conn, error)
 	jitter       func() float64
 	closeTimeout time.Duration
+	// watchRetry is the wait before watching the identity feed again after
+	// Watch failed or the feed closed.
+	watchRetry time.Duration
 
 	running atomic.Bool
 
@@ -74,6 +77,7 @@ func New(cfg Config, log *slog.Logger, m *Metrics) (*Component, error) {
 		reach:    map[string][]string{},
 
 		closeTimeout: closeTimeout,
+		watchRetry:   5 * time.Second,
 	}
 	c.mux = c.newMux()
 	return c, nil

@@ -383,8 +383,8 @@ func (c *Component) syncLoop(ctx context.Context, send iqSender) {
 			events, err = c.cfg.Identities.Watch(ctx, rev)
 		}
 		if err != nil && ctx.Err() == nil {
-			c.log.Warn("component sync watch failed", "err", err, "retry_in", watchRetry.String())
-			rewatch = time.After(watchRetry)
+			c.log.Warn("component sync watch failed", "err", err, "retry_in", c.watchRetry.String())
+			rewatch = time.After(c.watchRetry)
 		}
 	}
 	watch()
@@ -428,7 +428,7 @@ func (c *Component) syncLoop(ctx context.Context, send iqSender) {
 		case ev, ok := <-events:
 			if !ok {
 				events = nil // the store closed the feed: watch again soon
-				rewatch = time.After(watchRetry)
+				rewatch = time.After(c.watchRetry)
 				break
 			}
 			switch ev.Op {
@@ -449,10 +449,6 @@ func (c *Component) syncLoop(ctx context.Context, send iqSender) {
 		}
 	}
 }
-
-// watchRetry is the wait before watching the identity feed again after
-// Watch failed or the feed closed.
-const watchRetry = 5 * time.Second
 
 func (s *syncRun) setPrivileges(p Privileges) {
 	plan := PlanWrites(p, s.cfg)

@@ -459,3 +459,54 @@ func TestSyncEjabberdAPIFake(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// flakyWatch fails the first Watch, then delegates to the store.
+type flakyWatch struct {
+	*identity.MemoryStore
+	mu    sync.Mutex
+	fails int
+}
+
+func (f *flakyWatch) Watch(ctx context.Context, from uint64) (<-chan identity.Event, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.fails > 0 {
+		f.fails--
+		return nil, identity.ErrUnavailable
+	}
+	return f.MemoryStore.Watch(ctx, from)
+}
+
+func TestSyncWatchRetry(t *testing.T) {
+	srv := newFakeServer(testSecret, prosodyAdvert)
+	pep := newFakePEP(t, prosodyAdvert)
+	srv.respond = pep.respond
+	store := identity.NewMemoryStore()
+	defer store.Close()
+	if _, err := store.Put(t.Context(), aliceID); err != nil {
+		t.Fatal(err)
+	}
+	ids := &flakyWatch{MemoryStore: store, fails: 1}
+	cfg := testConfig(srv.listen(t))
+	cfg.Identities = ids
+	cfg.Sync = SyncConfig{Reach: true, VCard: VCardOff, Interval: time.Hour}
+	c, _, logs := newTest(t, cfg)
+	c.watchRetry = 10 * time.Millisecond
+	r := start(t, c)
+	waitCount(t, c, KindReach, ResultOK, 1)
+
+	// After the retry the feed works: a change is published.
+	bob := identity.Identity{JID: "bob@example.com", Tel: []string{"+15551230002"}}
+	for pep.item("bob@example.com", NodeReach) == "" {
+		if _, err := store.Put(t.Context(), bob); err != nil {
+			t.Fatal(err)
+		}
+		waitCount(t, c, KindReach, ResultOK, 2)
+	}
+	if err := r.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs.String(), `msg="component sync watch failed"`) {
+		t.Errorf("no watch failure logged:\n%s", logs)
+	}
+}
