@@ -3,6 +3,7 @@ package component
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"slices"
 	"strings"
 	"testing"
@@ -365,5 +366,20 @@ func TestIntegrationSyncEjabberd(t *testing.T) {
 	}
 	if n := syncCount(c, KindReach, ResultError) + syncCount(c, KindVCard, ResultError); n != 0 {
 		t.Errorf("%g sync errors", n)
+	}
+}
+
+func TestIntegrationProbeEjabberdAPI(t *testing.T) {
+	x := testenv.StartEjabberd(t, testenv.EjabberdOptions{})
+	hc := &http.Client{Transport: &http.Transport{}}
+	defer hc.CloseIdleConnections()
+	if err := ProbeEjabberdAPI(t.Context(), x.APIURL, hc); err != nil {
+		t.Errorf("ProbeEjabberdAPI(%s) = %v", x.APIURL, err)
+	}
+	bad := strings.TrimSuffix(x.APIURL, "/api") + "/nothing"
+	if err := ProbeEjabberdAPI(t.Context(), bad, hc); err == nil {
+		t.Errorf("ProbeEjabberdAPI(%s) = nil, want an error", bad)
+	} else {
+		t.Logf("ProbeEjabberdAPI(%s) = %v", bad, err)
 	}
 }

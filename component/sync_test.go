@@ -510,3 +510,28 @@ func TestSyncWatchRetry(t *testing.T) {
 		t.Errorf("no watch failure logged:\n%s", logs)
 	}
 }
+
+func TestProbeEjabberdAPI(t *testing.T) {
+	for status, wantErr := range map[int]string{
+		http.StatusBadRequest:          "",
+		http.StatusForbidden:           "not permitted",
+		http.StatusUnauthorized:        "not permitted",
+		http.StatusNotFound:            "no such endpoint",
+		http.StatusInternalServerError: "unexpected answer",
+	} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path != "/api/send_stanza" || r.Method != http.MethodPost {
+				http.NotFound(w, r)
+				return
+			}
+			w.WriteHeader(status)
+		}))
+		hc := &http.Client{Transport: &http.Transport{}}
+		err := ProbeEjabberdAPI(t.Context(), srv.URL+"/api/", hc)
+		if wantErr == "" && err != nil || wantErr != "" && (err == nil || !strings.Contains(err.Error(), wantErr)) {
+			t.Errorf("status %d: ProbeEjabberdAPI() = %v, want %q", status, err, wantErr)
+		}
+		hc.CloseIdleConnections()
+		srv.Close()
+	}
+}
