@@ -83,11 +83,17 @@ func (e *goEngine) serve(s *sock, buf []byte) (closed bool) {
 }
 
 func (e *goEngine) forward(s *sock, p []byte, src netip.AddrPort) {
+	forward(s, p, src, int64(time.Since(e.epoch)))
+}
+
+// forward hands a packet read from s to the packet path and sends it on.
+// Engines share it; it does not allocate.
+func forward(s *sock, p []byte, src netip.AddrPort, now int64) {
 	if len(p) >= bufSize {
 		s.st.dropped.Add(1)
 		return
 	}
-	out, dst, ok := s.receive(p, src, int64(time.Since(e.epoch)))
+	out, dst, ok := s.receive(p, src, now)
 	if !ok {
 		return
 	}

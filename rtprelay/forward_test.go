@@ -145,9 +145,17 @@ func exchange(t testing.TB, src *net.UDPConn, dst netip.AddrPort, rcv *net.UDPCo
 	return from
 }
 
+var engines = []string{"goroutine", "epoll"}
+
 func TestEndToEnd(t *testing.T) {
+	for _, e := range engines {
+		t.Run(e, func(t *testing.T) { testEndToEnd(t, e) })
+	}
+}
+
+func testEndToEnd(t *testing.T, engine string) {
 	// Lock-step exchange runs far faster than 50 packets/s: lift the flood guard.
-	r, m, reg := testRelay(t, Config{FloodLimit: 1 << 20})
+	r, m, reg := testRelay(t, Config{FloodLimit: 1 << 20, Engine: engine, Workers: 2})
 	runRelay(t, r)
 	a, b := listenPhone(t), listenPhone(t)
 	aRTCP, bRTCP := listenPhoneAt(t, port(a)+1), listenPhoneAt(t, port(b)+1)
@@ -164,6 +172,9 @@ func TestEndToEnd(t *testing.T) {
 	}
 	rtcp := []byte{0x80, 200, 0, 6, 0, 0, 0, 0xa, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20}
 	exchange(t, aRTCP, netip.AddrPortFrom(loopback, toA.Port()+1), bRTCP, rtcp)
+	// The relay counts a packet as sent after sendto returns, which may be
+	// after the phone read it.
+	settle(t, func() bool { return testutil.ToFloat64(m.Packets.WithLabelValues("out")) == 2*n+1 })
 
 	st, err := r.Query("call-1")
 	if err != nil {
@@ -211,6 +222,15 @@ func TestEndToEnd(t *testing.T) {
 	}
 	if problems, err := testutil.GatherAndLint(reg); err != nil || len(problems) > 0 {
 		t.Errorf("metric lint: %v %v", problems, err)
+	}
+}
+
+// settle waits up to 5 s for cond, which becomes true once the relay's
+// goroutines have finished counting what the phones already received.
+func settle(t testing.TB, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !cond() && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
 	}
 }
 
@@ -669,7 +689,13 @@ func BenchmarkForward(b *testing.B) {
 // BenchmarkRoundTrip sends a packet from one phone through the relay to the
 // other and waits for it: the full path, two syscalls on each side.
 func BenchmarkRoundTrip(b *testing.B) {
-	r, _, _ := testRelay(b, Config{FloodLimit: 1 << 30})
+	for _, e := range engines {
+		b.Run(e, func(b *testing.B) { benchmarkRoundTrip(b, e) })
+	}
+}
+
+func benchmarkRoundTrip(b *testing.B, engine string) {
+	r, _, _ := testRelay(b, Config{FloodLimit: 1 << 30, Engine: engine, Workers: 1})
 	runRelay(b, r)
 	a, c := listenPhone(b), listenPhone(b)
 	toA, _ := relayCall(b, r, "bench", a, c)

@@ -61,7 +61,13 @@ func TestStreamLifecycle(t *testing.T) {
 }
 
 func TestRTCPMux(t *testing.T) {
-	r, _, _ := testRelay(t, Config{})
+	for _, e := range engines {
+		t.Run(e, func(t *testing.T) { testRTCPMux(t, e) })
+	}
+}
+
+func testRTCPMux(t *testing.T, engine string) {
+	r, _, _ := testRelay(t, Config{Engine: engine})
 	runRelay(t, r)
 	ctx := context.Background()
 	a, b := listenPhone(t), listenPhone(t)
@@ -83,6 +89,7 @@ func TestRTCPMux(t *testing.T) {
 	exchange(t, a, netip.AddrPortFrom(loopback, uint16(toA)), b, rtp)
 	exchange(t, a, netip.AddrPortFrom(loopback, uint16(toA)), b, rtcp)
 	exchange(t, b, netip.AddrPortFrom(loopback, uint16(toB)), a, rtcp)
+	settle(t, func() bool { st, _ := r.Query("m"); return st.Legs[0].Streams[0].SentPackets == 1 })
 	st, _ := r.Query("m")
 	if s := st.Legs[0].Streams[0]; s.Packets != 2 || s.Lost != 0 {
 		t.Errorf("leg A = %+v, want 2 packets (RTP and muxed RTCP), none lost", s)
@@ -92,8 +99,14 @@ func TestRTCPMux(t *testing.T) {
 // TestConcurrentCalls runs calls in parallel with media, queries and
 // deletes, for the race detector, and checks the gauges return to zero.
 func TestConcurrentCalls(t *testing.T) {
+	for _, e := range engines {
+		t.Run(e, func(t *testing.T) { testConcurrentCalls(t, e) })
+	}
+}
+
+func testConcurrentCalls(t *testing.T, engine string) {
 	min, max := freeRange(t, 200)
-	r, m, _ := testRelay(t, Config{PortMin: min, PortMax: max, Quarantine: time.Nanosecond, FloodLimit: 1 << 20})
+	r, m, _ := testRelay(t, Config{PortMin: min, PortMax: max, Quarantine: time.Nanosecond, FloodLimit: 1 << 20, Engine: engine, Workers: 3})
 	runRelay(t, r)
 	var wg sync.WaitGroup
 	for g := range 10 {
@@ -119,6 +132,7 @@ func TestConcurrentCalls(t *testing.T) {
 		})
 	}
 	wg.Wait()
+	settle(t, func() bool { return testutil.ToFloat64(m.Packets.WithLabelValues("out")) == 10*3*40 })
 	if s, p := testutil.ToFloat64(m.Sessions), testutil.ToFloat64(m.PortsInUse); s != 0 || p != 0 {
 		t.Errorf("sessions = %v, ports in use = %v; want 0, 0", s, p)
 	}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime"
 	"strconv"
 	"sync"
 	"time"
@@ -54,6 +55,11 @@ type Config struct {
 	// rest dropped and counted; defaults 100 per 10ms.
 	FloodLimit  int
 	FloodWindow time.Duration
+	// Engine moves the packets: "goroutine" (default; a goroutine per
+	// socket) or "epoll" (Linux; Workers goroutines, default GOMAXPROCS,
+	// each serving its sockets from one epoll set; far less memory per call).
+	Engine  string
+	Workers int
 }
 
 // Pairs returns how many even/odd RTP/RTCP port pairs the range holds.
@@ -72,7 +78,11 @@ func (c Config) validate() error {
 		return fmt.Errorf("rtprelay: port range %d..%d must be even-based, hold a pair and lie in 1024..65535", c.PortMin, c.PortMax)
 	case c.Timeout <= 0:
 		return errors.New("rtprelay: timeout must be positive")
-	case c.HoldTimeout < 0 || c.LearnWindow < 0 || c.RelatchAfter < 0 || c.Quarantine < 0 || c.FloodLimit < 0 || c.FloodWindow < 0:
+	case c.Engine != "" && c.Engine != "goroutine" && c.Engine != "epoll":
+		return fmt.Errorf("rtprelay: engine %q: want goroutine or epoll", c.Engine)
+	case c.Engine == "epoll" && !epollSupported:
+		return errors.New("rtprelay: the epoll engine needs Linux")
+	case c.HoldTimeout < 0 || c.Workers < 0 || c.LearnWindow < 0 || c.RelatchAfter < 0 || c.Quarantine < 0 || c.FloodLimit < 0 || c.FloodWindow < 0:
 		return errors.New("rtprelay: durations and limits must not be negative")
 	}
 	return nil
@@ -166,7 +176,16 @@ func New(cfg Config, log *slog.Logger, m *Metrics) (*Relay, error) {
 		epoch: time.Now(),
 		calls: make(map[string]*call),
 	}
-	r.eng = newGoEngine(r.epoch, log)
+	switch cfg.Engine {
+	case "epoll":
+		if cfg.Workers == 0 {
+			cfg.Workers = runtime.GOMAXPROCS(0)
+		}
+		r.cfg.Workers = cfg.Workers
+		r.eng = newEpollEngine(r.epoch, log, cfg.Workers)
+	default:
+		r.eng = newGoEngine(r.epoch, log)
+	}
 	return r, nil
 }
 

@@ -73,6 +73,8 @@ type sock struct {
 	conn   *net.UDPConn
 	port   int
 	callID string // for logs only
+	fd     int32  // for engines that poll file descriptors
+	worker any    // engine-owned
 	out    *sock  // set before the engine starts serving the socket
 	cnt    *counters
 	lim    *limits
