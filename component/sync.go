@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"mellium.im/xmlstream"
@@ -49,7 +50,8 @@ type SyncConfig struct {
 	// VCard is the vCard mode (xmpp.sync.vcard) ["" means VCardEnforce].
 	VCard VCardMode
 	// Interval is the period of full reconciles (xmpp.sync.interval)
-	// [DefaultSyncInterval].
+	// [DefaultSyncInterval]. A periodic reconcile spreads its identities
+	// over half the interval.
 	Interval time.Duration
 	// AccessModel is the pubsub#access_model requested with
 	// publish-options for the reach node and for vCard4 nodes the component
@@ -323,6 +325,8 @@ type syncRun struct {
 	api   *apiClient
 	cfg   SyncConfig
 
+	lastCount atomic.Int64 // identities seen by the last complete reconcile
+
 	mu   sync.Mutex
 	priv Privileges
 	plan Plan
@@ -375,6 +379,7 @@ func (c *Component) syncLoop(ctx context.Context, send iqSender) {
 		reconciled = make(chan error, 1)    // the running one ended
 		running    bool
 		again      bool // asked for while one was running
+		paced      bool // the wanted reconcile is a periodic one
 	)
 	var rewatch <-chan time.Time // retries a failed Watch
 	watch := func() {
@@ -402,7 +407,9 @@ func (c *Component) syncLoop(ctx context.Context, send iqSender) {
 				break
 			}
 			running = true
-			wg.Go(func() { reconciled <- s.reconcile(ctx) })
+			p := paced
+			paced = false
+			wg.Go(func() { reconciled <- s.reconcile(ctx, p) })
 		case err := <-reconciled:
 			running = false
 			if err != nil && ctx.Err() == nil {
@@ -419,6 +426,9 @@ func (c *Component) syncLoop(ctx context.Context, send iqSender) {
 				signal(reconcile) // changes may have been missed meanwhile
 			}
 		case <-ticker.C:
+			if !running {
+				paced = true
+			}
 			signal(reconcile)
 		case <-changed:
 			if p := c.Privileges(); !p.equal(s.privileges()) {
@@ -479,9 +489,18 @@ func (p Privileges) equal(q Privileges) bool { return p.String() == q.String() }
 
 // reconcile queues every identity of the map, a page at a time, waiting
 // while the queue is full so that a large map never floods the server.
-func (s *syncRun) reconcile(ctx context.Context) error {
+// A paced (periodic) reconcile also spreads the identities over half an
+// Interval, judging the map's size by the previous reconcile, so that the
+// routine check loads the XMPP server evenly; reconciles after a
+// (re)connect, a new advert or a lost change feed run at full speed.
+func (s *syncRun) reconcile(ctx context.Context, paced bool) error {
 	start := time.Now()
 	after, n := "", 0
+	var gap time.Duration // between two identities, when paced
+	if last := s.lastCount.Load(); paced && last > 0 {
+		gap = s.cfg.Interval / 2 / time.Duration(last)
+	}
+	due := start
 	for {
 		lctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
 		page, next, err := s.c.cfg.Identities.List(lctx, after, 500)
@@ -491,6 +510,18 @@ func (s *syncRun) reconcile(ctx context.Context) error {
 		}
 		for i := range page {
 			id := page[i]
+			if gap > 0 {
+				due = due.Add(gap)
+				if d := time.Until(due); d > time.Millisecond {
+					t := time.NewTimer(d)
+					select {
+					case <-ctx.Done():
+						t.Stop()
+						return ctx.Err()
+					case <-t.C:
+					}
+				}
+			}
 			if err := s.queue.pushWait(ctx, syncJob{jid: id.JID, id: &id}); err != nil {
 				return err
 			}
@@ -501,7 +532,8 @@ func (s *syncRun) reconcile(ctx context.Context) error {
 		}
 		after = next
 	}
-	s.c.log.Debug("component sync reconcile queued", "identities", n, "duration", time.Since(start).Round(time.Millisecond))
+	s.lastCount.Store(int64(n))
+	s.c.log.Debug("component sync reconcile queued", "identities", n, "paced", paced, "duration", time.Since(start).Round(time.Millisecond))
 	return nil
 }
 

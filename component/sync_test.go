@@ -535,3 +535,23 @@ func TestProbeEjabberdAPI(t *testing.T) {
 		srv.Close()
 	}
 }
+
+func TestSyncPeriodicReconcile(t *testing.T) {
+	var ids []identity.Identity
+	for i := range 10 {
+		ids = append(ids, identity.Identity{JID: fmt.Sprintf("u%d@example.com", i), Tel: []string{fmt.Sprintf("+1555000%04d", i)}})
+	}
+	_, pep, c, _ := newSyncTest(t, prosodyAdvert, SyncConfig{Reach: true, VCard: VCardOff, Interval: 100 * time.Millisecond}, ids...)
+	r := start(t, c)
+	waitCount(t, c, KindReach, ResultOK, 10)
+	_, writes := pep.stats()
+	// Two periodic reconciles later, every identity was found unchanged
+	// twice and nothing was written again.
+	waitCount(t, c, KindReach, ResultUnchanged, 20)
+	if err := r.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	if _, w := pep.stats(); w != writes {
+		t.Errorf("periodic reconciles wrote %d times, want 0", w-writes)
+	}
+}
