@@ -40,7 +40,8 @@ type Config struct {
 	HoldTimeout time.Duration
 	// OnTimeout is called, once per silence and from the relay's own
 	// goroutine, with the Call-ID of an answered call whose media stopped;
-	// the caller hangs up both legs and calls Delete. It must not block.
+	// the caller hangs up both legs and calls Delete (also from inside
+	// OnTimeout: no relay lock is held). It must not block.
 	OnTimeout func(callID string)
 	// LearnWindow is how long after each offer or answer a socket may
 	// latch to a better source (the SDP address first, then its host);
