@@ -180,7 +180,17 @@ func probeXMPP(ctx context.Context, cfg *config.Config) (string, error) {
 		}
 		return "", err
 	}
-	return fmt.Sprintf("handshake with %s as %s ok; %s", cfg.XMPP.Server, cfg.XMPP.Component, describePrivileges(priv)), nil
+	plan := component.PlanWrites(priv, syncConfig(cfg))
+	msg := fmt.Sprintf("handshake with %s as %s ok; %s; write paths %s", cfg.XMPP.Server, cfg.XMPP.Component, describePrivileges(priv), plan)
+	if plan.Reach == component.PathEjabberdAPI || plan.VCard == component.PathEjabberdAPI {
+		if err := component.ProbeEjabberdAPI(ctx, cfg.XMPP.EjabberdAPI, nil); err != nil {
+			return "", fmt.Errorf("%s; xmpp.ejabberd_api: %w", msg, err)
+		}
+	}
+	if plan.Reach == component.PathNone || plan.VCard == component.PathNone {
+		return "", fmt.Errorf("%s: no write path for what xmpp.sync enables (grant IQ permission for pubsub/vCard, or set xmpp.ejabberd_api)", msg)
+	}
+	return msg, nil
 }
 
 func describePrivileges(p component.Privileges) string {

@@ -125,11 +125,13 @@ func newDaemon(cfg *config.Config, log *slog.Logger) (_ *daemon, err error) {
 	}
 
 	d.xmpp, err = component.New(component.Config{
-		JID:     cfg.XMPP.Component,
-		Server:  cfg.XMPP.Server,
-		Secret:  component.Secret(cfg.XMPP.Secret.Reveal()),
-		Domain:  cfg.XMPP.Domain,
-		Version: version,
+		JID:        cfg.XMPP.Component,
+		Server:     cfg.XMPP.Server,
+		Secret:     component.Secret(cfg.XMPP.Secret.Reveal()),
+		Domain:     cfg.XMPP.Domain,
+		Version:    version,
+		Identities: d.store, // the component follows the store's own change feed
+		Sync:       syncConfig(cfg),
 	}, log.With("subsystem", "xmpp"), component.NewMetrics(d.reg))
 	if err != nil {
 		return nil, err
@@ -164,7 +166,7 @@ func newDaemon(cfg *config.Config, log *slog.Logger) (_ *daemon, err error) {
 	})
 	d.admin.AddCheck("xmpp", false, func() admin.Status {
 		if d.xmpp.Up() {
-			return admin.Status{State: admin.StateUp, Detail: cfg.XMPP.Server}
+			return admin.Status{State: admin.StateUp, Detail: cfg.XMPP.Server + "; " + d.xmpp.Plan().String()}
 		}
 		return admin.Status{State: admin.StateDown, Detail: "not connected to " + cfg.XMPP.Server + " (retrying)"}
 	})
@@ -268,4 +270,14 @@ func (d *daemon) run(ctx context.Context) error {
 	}
 	d.log.Info("gateway stopped")
 	return nil
+}
+
+// syncConfig maps xmpp.sync and xmpp.ejabberd_api to the component's SyncConfig.
+func syncConfig(cfg *config.Config) component.SyncConfig {
+	return component.SyncConfig{
+		Reach:       cfg.XMPP.Sync.Reach,
+		VCard:       component.VCardMode(cfg.XMPP.Sync.VCard),
+		Interval:    cfg.XMPP.Sync.Interval.D(),
+		EjabberdAPI: cfg.XMPP.EjabberdAPI,
+	}
 }
