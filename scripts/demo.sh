@@ -117,12 +117,35 @@ cat <<EOF
 
 EOF
 
-# 6. The gateway in the foreground. Ctrl-C reaches it (same process group):
-# it drains and exits, then the EXIT trap stops Prosody.
+# 6. The gateway. Background jobs of a script ignore SIGINT, so Ctrl-C
+# reaches the script, whose trap asks the gateway to drain (SIGTERM).
 say "starting cusax-gw (logs below)"
+(cd "$DEMO" && exec ./cusax-gw run -config config.yaml) &
+GW=$!
+trap 'kill -TERM "$GW" 2>/dev/null || true' INT TERM
+idcli() { (cd "$DEMO" && ./cusax-gw identity -config config.yaml "$@"); }
+for _ in $(seq 1 100); do # until the admin API answers
+	idcli list >/dev/null 2>&1 && break
+	kill -0 "$GW" 2>/dev/null || break
+	sleep 0.1
+done
+
+# 7. Demo identities: the gateway publishes their reachability and vCard
+# numbers to Prosody at once (kept in $DEMO/identity.db across runs).
+for spec in "alice sip:alice@$DOMAIN +15551230001 Alice" "bob sip:bob@$DOMAIN +15551230002 Bob"; do
+	set -- $spec
+	idcli get "$1@$DOMAIN" >/dev/null 2>&1 ||
+		idcli add -jid "$1@$DOMAIN" -sip "$2" -tel "$3" -name "$4" >/dev/null ||
+		say "could not provision $1@$DOMAIN (see the gateway log)"
+done
+say "identities:"
+idcli list || true
+
 set +e
-(cd "$DEMO" && ./cusax-gw run -config config.yaml)
-rc=$?
+while kill -0 "$GW" 2>/dev/null; do
+	wait "$GW"
+	rc=$?
+done
 set -e
 say "gateway exited ($rc); stopping Prosody"
 exit "$rc"
