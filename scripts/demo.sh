@@ -142,7 +142,10 @@ say "identities:"
 idcli list || true
 
 set +e
-while kill -0 "$GW" 2>/dev/null; do
+rc=0
+wait "$GW"
+rc=$?
+while kill -0 "$GW" 2>/dev/null; do # wait returns early when the trap runs
 	wait "$GW"
 	rc=$?
 done
