@@ -87,6 +87,15 @@ func sdpMedia(t *testing.T, e *testenv.Rtpengine, sdp []byte) netip.AddrPort {
 	return netip.AddrPortFrom(m.addr, uint16(m.port))
 }
 
+func sdpMediaPort(t *testing.T, sdp []byte) netip.AddrPort {
+	t.Helper()
+	p, err := parseSDP(sdp)
+	if err != nil || len(p.media) == 0 {
+		t.Fatalf("SDP %q: %v", sdp, err)
+	}
+	return netip.AddrPortFrom(p.media[0].addr, uint16(p.media[0].port))
+}
+
 // sendRTP sends n PCMA packets of 20 ms from c to dst at the real pace
 // (rtpengine drops sockets that flood).
 func sendRTP(t *testing.T, c *net.UDPConn, dst netip.AddrPort, ssrc uint32, n int) {
@@ -199,6 +208,27 @@ func TestRtpengineBackend(t *testing.T) {
 	}
 	if int(st.Legs[0].Streams[0].LocalPort) != int(callerSends.Port()) {
 		t.Errorf("Legs[0] local port %d, want the port in the SDP sent to the caller, %d", st.Legs[0].Streams[0].LocalPort, callerSends.Port())
+	}
+
+	// The callee puts the call on hold with a re-INVITE: rtpengine keeps
+	// its ports and sees the hold.
+	hold := bytes.Replace(answerSDP("bob", calleePort), []byte("a=sendrecv"), []byte("a=sendonly"), 1)
+	toCaller2, err := media.Offer(ctx, "call-1@pbx", "tag-bob", hold)
+	if err != nil {
+		t.Fatalf("re-offer from the callee = %v", err)
+	}
+	if got := sdpMediaPort(t, toCaller2); got != callerSends {
+		t.Errorf("re-offer moved the caller's media to %v, want %v", got, callerSends)
+	}
+	if !bytes.Contains(toCaller2, []byte("a=sendonly")) {
+		t.Errorf("re-offer to the caller lost a=sendonly:\n%s", toCaller2)
+	}
+	resume := bytes.Replace(answerSDP("alice", callerPort), []byte("a=sendrecv"), []byte("a=recvonly"), 1)
+	if _, err := media.Answer(ctx, "call-1@pbx", "tag-alice", resume); err != nil {
+		t.Fatalf("answer from the caller = %v", err)
+	}
+	if st, err := media.Query("call-1@pbx"); err != nil || !st.OnHold {
+		t.Errorf("Query on hold = %+v, %v, want OnHold", st, err)
 	}
 
 	if err := media.Delete("call-1@pbx"); err != nil {
