@@ -40,7 +40,7 @@ func TestRtpengineTags(t *testing.T) {
 		{func() error { _, err := r.Offer(ctx, "c", "A2", sdp); return err }, "offer", "A2", ""}, // new offer before an answer
 		{func() error { _, err := r.Answer(ctx, "c", "B1", sdp); return err }, "answer", "A2", "B1"},
 		{func() error { _, err := r.Answer(ctx, "c", "B", sdp); return err }, "answer", "A2", "B"}, // forking: the last answer wins
-		{func() error { _, err := r.Offer(ctx, "c", "B", sdp); return err }, "offer", "B", "A2"}, // re-INVITE from the callee
+		{func() error { _, err := r.Offer(ctx, "c", "B", sdp); return err }, "offer", "B", "A2"},   // re-INVITE from the callee
 		{func() error { _, err := r.Answer(ctx, "c", "A2", sdp); return err }, "answer", "B", "A2"},
 		{func() error { _, err := r.Offer(ctx, "c", "A2", sdp); return err }, "offer", "A2", "B"},
 		{func() error { _, err := r.Answer(ctx, "c", "B", sdp); return err }, "answer", "A2", "B"},
