@@ -153,6 +153,9 @@ func (c *NGClient) Do(ctx context.Context, req map[string]any) (map[string]any, 
 	if cmd == "" {
 		return nil, errors.New(`rtprelay: ng: request without "command"`)
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("rtprelay: ng %s to %s: %w", cmd, c.addr, err)
+	}
 	body, err := bencodeAppend(nil, req)
 	if err != nil {
 		return nil, err
