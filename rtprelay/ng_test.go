@@ -20,6 +20,16 @@ type fakeNG struct {
 	conn   *net.UDPConn
 	handle func(f *fakeNG, r ngReq) map[string]any
 	wg     sync.WaitGroup
+
+	mu      sync.Mutex
+	queried map[string]int // query requests by call-id
+}
+
+// queries returns how many query requests for callID arrived.
+func (f *fakeNG) queries(callID string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.queried[callID]
 }
 
 type ngReq struct {
@@ -36,7 +46,7 @@ func newFakeNG(t *testing.T, handle func(f *fakeNG, r ngReq) map[string]any) *fa
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fakeNG{conn: conn, handle: handle}
+	f := &fakeNG{conn: conn, handle: handle, queried: make(map[string]int)}
 	f.wg.Go(func() {
 		buf := make([]byte, 65536)
 		for n := 1; ; n++ {
@@ -52,6 +62,12 @@ func newFakeNG(t *testing.T, handle func(f *fakeNG, r ngReq) map[string]any) *fa
 			}
 			d, _ := v.(map[string]any)
 			r := ngReq{cookie: string(cookie), raw: bytes.Clone(buf[:k]), d: d, from: from, n: n}
+			if d["command"] == "query" {
+				f.mu.Lock()
+				id, _ := d["call-id"].(string)
+				f.queried[id]++
+				f.mu.Unlock()
+			}
 			if reply := f.handle(f, r); reply != nil {
 				f.send(from, r.cookie, reply)
 			}

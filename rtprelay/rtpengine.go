@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -20,10 +21,10 @@ import (
 // call is serialised.
 //
 // rtpengine ends a call whose media stopped by itself (its --timeout,
-// 60 s by default; --silent-timeout on hold). Rtpengine does not poll for
-// that: the b2bua learns it only when Query returns ErrNotFound (the call
-// is then forgotten here too), and rtpengine's own timeouts replace
-// OnTimeout. Its sessions gauge counts the calls known here.
+// 60 s by default; --silent-timeout on hold); rtpengine's timeouts replace
+// the relay's Timeout and OnTimeout. The b2bua learns of it from Watch, or
+// when Query returns ErrNotFound (the call is then forgotten here too).
+// Its sessions gauge counts the calls known here.
 type Rtpengine struct {
 	ng   *NGClient
 	log  *slog.Logger
@@ -35,7 +36,8 @@ type Rtpengine struct {
 }
 
 type engineCall struct {
-	mu       sync.Mutex // held across the ng request of an offer or answer
+	live     atomic.Bool // rtpengine has it: the first offer succeeded
+	mu       sync.Mutex  // held across the ng request of an offer or answer
 	gone     bool       // deleted or never created
 	tags     [2]string  // tags[0] made the first offer
 	offerer  int        // side of the latest offer
@@ -104,8 +106,11 @@ func (e *Rtpengine) Offer(ctx context.Context, callID, fromTag string, sdp []byt
 		}
 		return nil, mapNGError(err)
 	}
-	if created && e.m != nil {
-		e.m.Sessions.Inc()
+	if created {
+		c.live.Store(true)
+		if e.m != nil {
+			e.m.Sessions.Inc()
+		}
 	}
 	if side == 0 && !c.answered {
 		c.tags[0] = fromTag // a new offer before any answer replaces the offerer's tag
@@ -287,4 +292,58 @@ func addrPortOf(v any) netip.AddrPort {
 		return netip.AddrPort{}
 	}
 	return netip.AddrPortFrom(a, uint16(intOf(d["port"])))
+}
+
+// Watch polls rtpengine until ctx ends, then returns nil: every interval
+// it queries, one request at a time, each call known here, and for each
+// call rtpengine no longer has (it ended it after its --timeout, or it
+// restarted) it forgets the call and calls onGone(callID). onGone runs on
+// Watch's goroutine and must not block; the b2bua hangs up both legs (its
+// Delete then returns ErrNotFound). A sweep stops at the first request
+// without reply (rtpengine down) and is retried at the next tick.
+func (e *Rtpengine) Watch(ctx context.Context, interval time.Duration, onGone func(callID string)) error {
+	if interval <= 0 {
+		return errors.New("rtprelay: rtpengine watch interval must be positive")
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			e.sweep(ctx, onGone)
+		}
+	}
+}
+
+func (e *Rtpengine) sweep(ctx context.Context, onGone func(callID string)) {
+	e.mu.Lock()
+	ids := make([]string, 0, len(e.calls))
+	for id, c := range e.calls {
+		if c.live.Load() {
+			ids = append(ids, id)
+		}
+	}
+	e.mu.Unlock()
+	for _, id := range ids {
+		_, err := e.ng.Query(ctx, id)
+		switch {
+		case err == nil:
+		case errors.Is(mapNGError(err), ErrNotFound):
+			if e.forget(id) {
+				e.log.Info("media ended by rtpengine", "call_id", id)
+				if onGone != nil {
+					onGone(id)
+				}
+			}
+		case errors.Is(err, ErrNGTimeout):
+			e.log.Warn("rtpengine watch", "err", err)
+			return
+		case ctx.Err() != nil, errors.Is(err, ErrClosed):
+			return
+		default:
+			e.log.Warn("rtpengine watch", "call_id", id, "err", err)
+		}
+	}
 }

@@ -288,3 +288,45 @@ func TestRtpengineErrors(t *testing.T) {
 		t.Errorf("Statistics = %v, want a statistics dictionary", s)
 	}
 }
+
+// TestRtpengineWatchIntegration: a call that rtpengine ends by itself (here
+// deleted behind the backend's back, as its --timeout would) is reported.
+func TestRtpengineWatchIntegration(t *testing.T) {
+	e := testenv.StartRtpengine(t)
+	ng, err := NewNGClient(e.NGAddr, NGOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ng.Close()
+	m := NewMetrics(prometheus.NewRegistry())
+	r := NewRtpengine(ng, slog.New(slog.DiscardHandler), m)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for _, id := range []string{"stays", "ends"} {
+		if _, err := r.Offer(ctx, id, "A", softphoneSDP("alice", 4000)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := r.Answer(ctx, id, "B", answerSDP("bob", 4100)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := ng.Delete(ctx, "ends", ""); err != nil {
+		t.Fatal(err)
+	}
+	gone := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() { done <- r.Watch(ctx, 20*time.Millisecond, func(id string) { gone <- id }) }()
+	if id := <-gone; id != "ends" {
+		t.Errorf("onGone(%q), want ends", id)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Watch = %v", err)
+	}
+	if got := testutil.ToFloat64(m.Sessions); got != 1 {
+		t.Errorf("cusax_rtp_sessions_active = %v, want 1", got)
+	}
+	if _, err := r.Query("stays"); err != nil {
+		t.Errorf("Query(stays) = %v", err)
+	}
+}

@@ -183,3 +183,48 @@ func TestStatsFromQuery(t *testing.T) {
 		statsFromQuery("c", q, [2]string{"tag-alice", "tag-bob"}, true, now)
 	}
 }
+
+func TestRtpengineWatch(t *testing.T) {
+	f := newFakeNG(t, func(_ *fakeNG, r ngReq) map[string]any {
+		if r.d["command"] == "query" && r.d["call-id"] == "gone" {
+			return map[string]any{"result": "error", "error-reason": "Unknown call-id"}
+		}
+		return ok("sdp", "v=0\r\n")
+	})
+	ng := newTestNGClient(t, f.addr(), NGOptions{})
+	m := NewMetrics(prometheus.NewRegistry())
+	r := NewRtpengine(ng, slog.New(slog.DiscardHandler), m)
+	ctx, cancel := context.WithCancel(context.Background())
+	for _, id := range []string{"alive", "gone"} {
+		if _, err := r.Offer(ctx, id, "A", []byte("v=0\r\n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.Watch(ctx, 0, nil); err == nil {
+		t.Errorf("Watch(interval 0) = nil, want an error")
+	}
+	gone := make(chan string, 10)
+	done := make(chan error, 1)
+	go func() { done <- r.Watch(ctx, 5*time.Millisecond, func(id string) { gone <- id }) }()
+	if id := <-gone; id != "gone" {
+		t.Errorf("onGone(%q), want gone", id)
+	}
+	// Wait for one more full sweep: "gone" must not be reported twice.
+	for before := f.queries("alive"); f.queries("alive") < before+2; {
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Watch = %v, want nil", err)
+	}
+	close(gone)
+	for id := range gone {
+		t.Errorf("onGone(%q) again", id)
+	}
+	if got := testutil.ToFloat64(m.Sessions); got != 1 {
+		t.Errorf("cusax_rtp_sessions_active = %v, want 1", got)
+	}
+	if _, err := r.Answer(context.Background(), "gone", "B", []byte("v=0\r\n")); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Answer(gone) = %v, want ErrNotFound", err)
+	}
+}
