@@ -16,6 +16,9 @@ import (
 // tries.
 var ErrNGTimeout = errors.New("rtprelay: ng: no reply")
 
+// maxNGDatagram is the largest UDP payload over IPv4.
+const maxNGDatagram = 65507
+
 // NGError is an ng reply with "result": "error" (or another result that is
 // not success); Reason is rtpengine's "error-reason".
 type NGError struct {
@@ -132,6 +135,7 @@ func (c *NGClient) readLoop() {
 			continue
 		}
 		c.mu.Lock()
+		c.lastErr = nil // rtpengine is there again
 		ch := c.pending[string(cookie)]
 		c.mu.Unlock()
 		if ch == nil {
@@ -182,6 +186,9 @@ func (c *NGClient) Do(ctx context.Context, req map[string]any) (map[string]any, 
 
 	msg := make([]byte, 0, len(cookie)+1+len(body))
 	msg = append(append(append(msg, cookie...), ' '), body...)
+	if len(msg) > maxNGDatagram {
+		return nil, fmt.Errorf("rtprelay: ng %s: request of %d bytes does not fit a UDP datagram", cmd, len(msg))
+	}
 	t := time.NewTimer(c.opts.Timeout)
 	defer t.Stop()
 	for try := 0; ; try++ {

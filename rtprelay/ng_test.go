@@ -350,3 +350,11 @@ func TestNGBadCookie(t *testing.T) {
 		t.Errorf("NewNGClient(no-port) = nil error")
 	}
 }
+
+func TestNGTooLarge(t *testing.T) {
+	c := newTestNGClient(t, "127.0.0.1:9", NGOptions{})
+	_, err := c.Offer(context.Background(), "c", "A", make([]byte, maxNGDatagram))
+	if err == nil || !strings.Contains(err.Error(), "does not fit") {
+		t.Errorf("Offer(64 KiB SDP) = %v, want a size error", err)
+	}
+}

@@ -38,9 +38,9 @@ type Rtpengine struct {
 type engineCall struct {
 	live     atomic.Bool // rtpengine has it: the first offer succeeded
 	mu       sync.Mutex  // held across the ng request of an offer or answer
-	gone     bool       // deleted or never created
-	tags     [2]string  // tags[0] made the first offer
-	offerer  int        // side of the latest offer
+	gone     bool        // deleted or never created
+	tags     [2]string   // tags[0] made the first offer
+	offerer  int         // side of the latest offer
 	answered bool
 }
 
