@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
@@ -25,6 +26,12 @@ type B2BUA struct {
 
 	ua  *sipgo.UserAgent
 	srv *sipgo.Server
+
+	pbx       pbxTarget
+	pbxClient *sipgo.Client // set by Listen when cfg.PBX is set
+	gwHost    string        // host and port of the gateway contacts
+	gwPort    int
+	bindings  Bindings
 
 	draining atomic.Bool
 	serving  atomic.Bool
@@ -52,9 +59,16 @@ func New(cfg Config, log *slog.Logger, m *Metrics) (*B2BUA, error) {
 		ua.Close()
 		return nil, fmt.Errorf("b2bua: %w", err)
 	}
-	b := &B2BUA{cfg: cfg, log: log, m: m, ua: ua, srv: srv}
+	b := &B2BUA{cfg: cfg, log: log, m: m, ua: ua, srv: srv, bindings: cfg.Bindings}
+	if cfg.PBX != "" {
+		if b.pbx, err = parsePBX(cfg.PBX); err != nil {
+			ua.Close()
+			return nil, fmt.Errorf("b2bua: sip.pbx %q: %w", cfg.PBX, err)
+		}
+	}
 	srv.OnOptions(b.handle(b.onOptions))
-	for _, method := range []sip.RequestMethod{sip.INVITE, sip.REGISTER, sip.BYE, sip.SUBSCRIBE,
+	srv.OnRegister(b.handle(b.onRegister))
+	for _, method := range []sip.RequestMethod{sip.INVITE, sip.BYE, sip.SUBSCRIBE,
 		sip.NOTIFY, sip.REFER, sip.INFO, sip.MESSAGE, sip.UPDATE, sip.PRACK, sip.PUBLISH} {
 		srv.OnRequest(method, b.handle(b.onNotImplemented))
 	}
@@ -93,6 +107,10 @@ func (b *B2BUA) Listen() error {
 				ln      net.Listener
 			}{l.Network, ln})
 		}
+	}
+	if err := b.setupPBXClientLocked(); err != nil {
+		b.closeLocked()
+		return fmt.Errorf("b2bua: %w", err)
 	}
 	// Bound sockets queue requests until Run serves them: ready from now.
 	b.serving.Store(true)
@@ -150,6 +168,18 @@ func (b *B2BUA) Run(ctx context.Context) error {
 			}
 		})
 	}
+	g.Go(func() error {
+		t := time.NewTicker(b.cfg.SweepInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-gctx.Done():
+				return nil
+			case <-t.C:
+				b.sweep(gctx)
+			}
+		}
+	})
 	<-gctx.Done()
 	b.serving.Store(false)
 	b.mu.Lock()
@@ -173,6 +203,10 @@ func (b *B2BUA) Drain(ctx context.Context) int {
 	b.draining.Store(true)
 	return 0 // Calls arrive with the b2bua issue; none can be active yet.
 }
+
+// Bindings returns the store of the registrations made through the
+// gateway (cfg.Bindings, or the memory store New created).
+func (b *B2BUA) Bindings() Bindings { return b.bindings }
 
 // Ready reports whether the SIP listeners are bound and served (from a
 // successful Listen until Run stops), for /readyz.

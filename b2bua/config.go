@@ -27,11 +27,40 @@ type Config struct {
 	// RetryAfter is the Retry-After value (seconds) of every 503 the
 	// gateway answers while draining or overloaded. Default 30s.
 	RetryAfter time.Duration
+
+	// Advertise is the host written into the gateway contacts registered
+	// at the PBX (and the Via of requests to it). Default: the listener's
+	// address, or when that is unspecified (0.0.0.0) the local address
+	// toward the PBX.
+	Advertise string
+	// Bindings stores the registrations made through the gateway.
+	// Default: a MemoryBindings (one node).
+	Bindings Bindings
+	// SweepInterval is how often expired bindings are removed (and
+	// cusax_registrations_active updated). Default 5s.
+	SweepInterval time.Duration
+	// PBXTimeout bounds the wait for the PBX's final answer to a forwarded
+	// request; the phone then gets 408. Default 32s (Timer F).
+	PBXTimeout time.Duration
+	// Now is the clock used for binding expiry. Default time.Now.
+	Now func() time.Time
 }
 
 func (c *Config) setDefaults() {
 	if c.UserAgent == "" {
 		c.UserAgent = "cusax-gw"
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Bindings == nil {
+		c.Bindings = NewMemoryBindings(c.Now)
+	}
+	if c.PBXTimeout <= 0 {
+		c.PBXTimeout = 32 * time.Second
+	}
+	if c.SweepInterval <= 0 {
+		c.SweepInterval = 5 * time.Second
 	}
 	if c.RetryAfter <= 0 {
 		c.RetryAfter = 30 * time.Second
