@@ -62,10 +62,22 @@ func probes(cfg *config.Config) []check.Probe {
 			return probeBind(ctx, cfg, l.Network, l.Addr)
 		}})
 	}
-	ps = append(ps,
-		check.Probe{Name: "rtp-ports", Run: func(context.Context) (string, error) { return probeRTPPorts(cfg) }},
-		check.Probe{Name: "xmpp", Run: func(ctx context.Context) (string, error) { return probeXMPP(ctx, cfg) }},
-	)
+	if cfg.RTP.Backend == "rtpengine" {
+		ps = append(ps, check.Probe{Name: "rtpengine", Run: func(ctx context.Context) (string, error) {
+			ng, err := rtprelay.NewNGClient(cfg.RTP.Rtpengine.NG, rtprelay.NGOptions{})
+			if err != nil {
+				return "", fmt.Errorf("rtp.rtpengine.ng: %w", err)
+			}
+			defer ng.Close()
+			if err := ng.Ping(ctx); err != nil {
+				return "", fmt.Errorf("rtpengine at %s: %w", cfg.RTP.Rtpengine.NG, err)
+			}
+			return "rtpengine at " + cfg.RTP.Rtpengine.NG + " answered ping", nil
+		}})
+	} else {
+		ps = append(ps, check.Probe{Name: "rtp-ports", Run: func(context.Context) (string, error) { return probeRTPPorts(cfg) }})
+	}
+	ps = append(ps, check.Probe{Name: "xmpp", Run: func(ctx context.Context) (string, error) { return probeXMPP(ctx, cfg) }})
 	if cfg.UsesRedis() {
 		ps = append(ps, check.Probe{Name: "redis", Run: func(ctx context.Context) (string, error) { return probeRedis(ctx, cfg) }})
 	}

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/cusax-gw/cusax-gw/internal/testenv"
+	"github.com/cusax-gw/cusax-gw/rtprelay"
 )
 
 // TestCheckAgainstRealServers runs `cusax-gw check` against a real Prosody
@@ -100,5 +101,41 @@ rtp: {listen: 127.0.0.1, port_min: 40100, port_max: 40109}
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("check output lacks %q:\n%s", want, out.String())
 		}
+	}
+}
+
+// TestRtpengineBackend: with rtp.backend rtpengine, check pings the real
+// rtpengine instead of probing the port range, and the daemon runs and
+// stops cleanly with it.
+func TestRtpengineBackend(t *testing.T) {
+	testenv.Require(t)
+	rtpe := testenv.StartRtpengine(t)
+	cfg := testConfig(t)
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "config.yaml")
+	yaml := fmt.Sprintf(`admin: {listen: %q}
+identity: {path: %q}
+xmpp: {server: %q, secret: s}
+sip: {listen: [%q], pbx: %q}
+rtp: {backend: rtpengine, rtpengine: {ng: %q}}
+`, cfg.Admin.Listen, filepath.Join(dir, "id.db"), cfg.XMPP.Server, cfg.SIP.Listen[0], cfg.SIP.PBX, rtpe.NGAddr)
+	if err := os.WriteFile(cfgPath, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	cli(context.Background(), []string{"check", "-config", cfgPath}, &out, &out, func(string) string { return "" })
+	if want := "PASS  rtpengine   rtpengine at " + rtpe.NGAddr + " answered ping"; !strings.Contains(out.String(), want) {
+		t.Errorf("check output lacks %q:\n%s", want, out.String())
+	}
+	if strings.Contains(out.String(), "rtp-ports") {
+		t.Errorf("check probed the port range although rtpengine owns media:\n%s", out.String())
+	}
+	c, ok := loadConfig(cfgPath, &out, func(string) string { return "" })
+	if !ok {
+		t.Fatal(out.String())
+	}
+	d := startDaemon(t, c)
+	if _, ok := d.media.(*rtprelay.Rtpengine); !ok {
+		t.Errorf("media backend = %T, want *rtprelay.Rtpengine", d.media)
 	}
 }

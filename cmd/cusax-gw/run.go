@@ -80,7 +80,10 @@ type daemon struct {
 	reg   *prometheus.Registry
 	admin *admin.Server
 	sip   *b2bua.B2BUA
-	relay *rtprelay.Relay
+	media rtprelay.Media      // what the b2bua anchors calls with
+	relay *rtprelay.Relay     // the embedded relay (rtp.backend: embedded)
+	rtpe  *rtprelay.Rtpengine // rtpengine over ng (rtp.backend: rtpengine)
+	ng    *rtprelay.NGClient
 	xmpp  *component.Component
 	store identity.Store
 	dir   *identity.Directory
@@ -95,6 +98,9 @@ func newDaemon(cfg *config.Config, log *slog.Logger) (_ *daemon, err error) {
 	defer func() {
 		if err != nil && d.store != nil {
 			d.store.Close()
+		}
+		if err != nil && d.ng != nil {
+			d.ng.Close()
 		}
 	}()
 
@@ -114,14 +120,26 @@ func newDaemon(cfg *config.Config, log *slog.Logger) (_ *daemon, err error) {
 	d.dir = identity.NewDirectory(d.store, norm, cfg.Identity.Backend, log.With("subsystem", "identity"),
 		identity.NewMetrics(d.reg), identity.DirectoryOptions{})
 
-	listen, _ := netip.ParseAddr(cfg.RTP.Listen)
-	advertise, _ := netip.ParseAddr(cfg.RTP.Advertise)
-	d.relay, err = rtprelay.New(rtprelay.Config{
-		Listen: listen, Advertise: advertise,
-		PortMin: cfg.RTP.PortMin, PortMax: cfg.RTP.PortMax, Timeout: cfg.RTP.Timeout.D(),
-	}, log.With("subsystem", "rtp"), rtprelay.NewMetrics(d.reg))
-	if err != nil {
-		return nil, err
+	rtpLog, rtpMetrics := log.With("subsystem", "rtp"), rtprelay.NewMetrics(d.reg)
+	switch cfg.RTP.Backend {
+	case "rtpengine":
+		ng, err := rtprelay.NewNGClient(cfg.RTP.Rtpengine.NG, rtprelay.NGOptions{})
+		if err != nil {
+			return nil, fmt.Errorf("rtp.rtpengine.ng: %w", err)
+		}
+		d.ng, d.rtpe = ng, rtprelay.NewRtpengine(ng, rtpLog, rtpMetrics)
+		d.media = d.rtpe
+	default:
+		listen, _ := netip.ParseAddr(cfg.RTP.Listen)
+		advertise, _ := netip.ParseAddr(cfg.RTP.Advertise)
+		d.relay, err = rtprelay.New(rtprelay.Config{
+			Listen: listen, Advertise: advertise,
+			PortMin: cfg.RTP.PortMin, PortMax: cfg.RTP.PortMax, Timeout: cfg.RTP.Timeout.D(),
+		}, rtpLog, rtpMetrics)
+		if err != nil {
+			return nil, err
+		}
+		d.media = d.relay
 	}
 
 	d.xmpp, err = component.New(component.Config{
@@ -199,6 +217,9 @@ func sipTLS(cfg *config.Config) (*tls.Config, error) {
 // last so that metrics stay scrapeable during the drain.
 func (d *daemon) run(ctx context.Context) error {
 	defer d.store.Close()
+	if d.ng != nil {
+		defer d.ng.Close()
+	}
 	if err := d.admin.Listen(); err != nil {
 		return fmt.Errorf("admin.listen %s: %w", d.cfg.Admin.Listen, err)
 	}
@@ -230,7 +251,20 @@ func (d *daemon) run(ctx context.Context) error {
 	}
 	start("admin", d.admin.Serve)
 	start("identity", func() error { return d.dir.Run(idCtx) })
-	start("rtp", func() error { return d.relay.Run(rtpCtx) })
+	start("rtp", func() error {
+		if d.rtpe != nil {
+			// rtpengine ends silent calls itself; Watch notices. Calls
+			// arrive with the b2bua issue, which will hang their legs up.
+			err := d.rtpe.Watch(rtpCtx, 10*time.Second, func(callID string) {
+				d.log.Info("rtpengine ended the media of a call", "call_id", callID)
+			})
+			if rtpCtx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		return d.relay.Run(rtpCtx)
+	})
 	start("xmpp", func() error { return d.xmpp.Run(xmppCtx) })
 	start("sip", func() error { return d.sip.Run(sipCtx) })
 	d.log.Info("gateway started", "version", version, "sip", d.sip.Addrs(),
