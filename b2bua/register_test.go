@@ -24,6 +24,7 @@ import (
 type fakeRegistrar struct {
 	addr     string
 	password string
+	proxy    bool // challenge with 407 (Proxy-Authenticate/Proxy-Authorization)
 
 	mu       sync.Mutex
 	seen     []*sip.Request            // every REGISTER received
@@ -60,7 +61,11 @@ func (r *fakeRegistrar) onRegister(req *sip.Request, tx sip.ServerTransaction) {
 	r.seen = append(r.seen, req.Clone())
 	if r.password != "" {
 		ok := false
-		if h := req.GetHeader("Authorization"); h != nil {
+		authz, code, reason, chal := "Authorization", 401, "Unauthorized", "WWW-Authenticate"
+		if r.proxy {
+			authz, code, reason, chal = "Proxy-Authorization", 407, "Proxy Authentication Required", "Proxy-Authenticate"
+		}
+		if h := req.GetHeader(authz); h != nil {
 			if cr, err := digest.ParseCredentials(h.Value()); err == nil {
 				want, err := digest.Digest(&digest.Challenge{Realm: "pbx", Nonce: testNonce, QOP: []string{"auth"}, Algorithm: "MD5"},
 					digest.Options{Method: "REGISTER", URI: cr.URI, Username: cr.Username, Password: r.password, Cnonce: cr.Cnonce, Count: cr.Nc})
@@ -68,8 +73,8 @@ func (r *fakeRegistrar) onRegister(req *sip.Request, tx sip.ServerTransaction) {
 			}
 		}
 		if !ok {
-			res := sip.NewResponseFromRequest(req, 401, "Unauthorized", nil)
-			res.AppendHeader(sip.NewHeader("WWW-Authenticate", `Digest realm="pbx", nonce="`+testNonce+`", qop="auth", algorithm=MD5`))
+			res := sip.NewResponseFromRequest(req, code, reason, nil)
+			res.AppendHeader(sip.NewHeader(chal, `Digest realm="pbx", nonce="`+testNonce+`", qop="auth", algorithm=MD5`))
 			tx.Respond(res)
 			return
 		}
@@ -129,9 +134,14 @@ func (c *fakeClock) Advance(d time.Duration) {
 // startGateway runs a gateway in front of pbx with a fake clock.
 func startGateway(t *testing.T, pbx string) (*B2BUA, *fakeClock, string) {
 	t.Helper()
+	return startGatewayOn(t, "127.0.0.1:0", pbx)
+}
+
+func startGatewayOn(t *testing.T, listen, pbx string) (*B2BUA, *fakeClock, string) {
+	t.Helper()
 	clk := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
 	b, err := New(Config{
-		Listen:     []Listener{{"udp", "127.0.0.1:0"}},
+		Listen:     []Listener{{"udp", listen}},
 		PBX:        "sip:" + pbx,
 		Now:        clk.Now,
 		PBXTimeout: time.Second,
@@ -151,7 +161,8 @@ func startGateway(t *testing.T, pbx string) (*B2BUA, *fakeClock, string) {
 			t.Errorf("Run after cancel = %v, want nil", err)
 		}
 	})
-	return b, clk, strings.TrimPrefix(b.Addrs()[0], "udp://")
+	_, port, _ := net.SplitHostPort(strings.TrimPrefix(b.Addrs()[0], "udp://"))
+	return b, clk, "127.0.0.1:" + port
 }
 
 // phone sends REGISTERs for one AOR and contact, like a UA would.
@@ -442,4 +453,47 @@ func TestMemoryBindingsExpiry(t *testing.T) {
 			t.Errorf("ByToken(c) = %v %v", b, err)
 		}
 	})
+}
+
+// Listening on 0.0.0.0 (the default config), the REGISTER still leaves
+// from the listening socket and the contact names a reachable address.
+func TestRegisterFromWildcardListener(t *testing.T) {
+	pbx := startRegistrar(t, "")
+	_, _, gw := startGatewayOn(t, "0.0.0.0:0", pbx.addr)
+	if res := newPhone(t, gw, "alice", "sip:alice@192.0.2.10:5062").register("60"); res.StatusCode != 200 {
+		t.Fatalf("REGISTER = %d, want 200", res.StatusCode)
+	}
+	fwd := pbx.last()
+	if fwd.Source() != gw {
+		t.Errorf("REGISTER reached the PBX from %s, want the listening socket %s", fwd.Source(), gw)
+	}
+	if c := fwd.GetHeader("Contact").(*sip.ContactHeader); c.Address.Host+":"+strconv.Itoa(c.Address.Port) != gw {
+		t.Errorf("gateway contact %s, want host:port %s", c.Address.String(), gw)
+	}
+	if v := fwd.Via(); v.Host+":"+strconv.Itoa(v.Port) != gw {
+		t.Errorf("Via sent-by %s:%d, want %s", v.Host, v.Port, gw)
+	}
+}
+
+func TestRegisterProxyChallengeRelayed(t *testing.T) {
+	pbx := startRegistrar(t, "s3cret")
+	pbx.mu.Lock()
+	pbx.proxy = true
+	pbx.mu.Unlock()
+	b, _, gw := startGateway(t, pbx.addr)
+	alice := newPhone(t, gw, "alice", "sip:alice@192.0.2.10:5062")
+	req := alice.request("<"+alice.contact+">", "300")
+	res := alice.do(req)
+	if res.StatusCode != 407 || res.GetHeader("Proxy-Authenticate") == nil {
+		t.Fatalf("REGISTER = %d (Proxy-Authenticate %v), want 407 with the PBX's challenge", res.StatusCode, res.GetHeader("Proxy-Authenticate"))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	res, err := alice.client.DoDigestAuth(ctx, req, res, sipgo.DigestAuth{Username: "alice", Password: "s3cret"})
+	if err != nil || res.StatusCode != 200 {
+		t.Fatalf("REGISTER with Proxy-Authorization = %v %v, want 200", res, err)
+	}
+	if n, _ := b.Bindings().Len(context.Background()); n != 1 {
+		t.Errorf("bindings = %d, want 1", n)
+	}
 }
