@@ -25,6 +25,7 @@ DEMO=${CUSAX_DEMO_DIR:-$ROOT/.demo}
 C2S_PORT=${DEMO_C2S_PORT:-5222}
 COMPONENT_PORT=${DEMO_COMPONENT_PORT:-5347}
 SIP_PORT=${DEMO_SIP_PORT:-5060}
+PBX=${DEMO_PBX:-sip:127.0.0.1:5070}
 ADMIN_PORT=${DEMO_ADMIN_PORT:-9464}
 DOMAIN=localhost
 COMPONENT=cusax.localhost
@@ -88,7 +89,7 @@ xmpp:
 sip:
   listen: ["udp://127.0.0.1:$SIP_PORT", "tcp://127.0.0.1:$SIP_PORT"]
   domain: $DOMAIN
-  pbx: "sip:127.0.0.1:5070"
+  pbx: "$PBX"
 rtp:
   listen: 127.0.0.1
   port_min: 20000
@@ -107,6 +108,9 @@ cat <<EOF
 
  SIP phone (baresip, linphone, Zoiper ...):
    account  sip:alice@$DOMAIN   outbound proxy  sip:127.0.0.1:$SIP_PORT (UDP or TCP)
+   Registrations pass through to the PBX at $PBX (set DEMO_PBX to
+   your PBX or a local Kamailio; without one, REGISTER ends in 408).
+   Call bridging is not in this build yet.
 
  Operator view:
    curl -s http://127.0.0.1:$ADMIN_PORT/readyz
