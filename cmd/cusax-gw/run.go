@@ -135,6 +135,7 @@ func newDaemon(cfg *config.Config, log *slog.Logger) (_ *daemon, err error) {
 		d.relay, err = rtprelay.New(rtprelay.Config{
 			Listen: listen, Advertise: advertise,
 			PortMin: cfg.RTP.PortMin, PortMax: cfg.RTP.PortMax, Timeout: cfg.RTP.Timeout.D(),
+			HoldTimeout: cfg.RTP.HoldTimeout.D(), Engine: cfg.RTP.Engine, Workers: cfg.RTP.Workers,
 		}, rtpLog, rtpMetrics)
 		if err != nil {
 			return nil, err
@@ -168,6 +169,7 @@ func newDaemon(cfg *config.Config, log *slog.Logger) (_ *daemon, err error) {
 		TLS:       tlsConf,
 		Domain:    cfg.SIP.Domain,
 		PBX:       cfg.SIP.PBX,
+		Advertise: cfg.SIP.Advertise,
 		UserAgent: "cusax-gw/" + version,
 	}, log.With("subsystem", "sip"), b2bua.NewMetrics(d.reg))
 	if err != nil {

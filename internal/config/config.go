@@ -77,6 +77,7 @@ type Sync struct {
 // SIP configures the B2BUA.
 type SIP struct {
 	Listen      []string `yaml:"listen"`
+	Advertise   string   `yaml:"advertise"`
 	TLS         TLS      `yaml:"tls"`
 	Domain      string   `yaml:"domain"`
 	PBX         string   `yaml:"pbx"`
@@ -94,13 +95,16 @@ type TLS struct {
 
 // RTP configures the media relay.
 type RTP struct {
-	Listen    string    `yaml:"listen"`
-	Advertise string    `yaml:"advertise"`
-	PortMin   int       `yaml:"port_min"`
-	PortMax   int       `yaml:"port_max"`
-	Timeout   Duration  `yaml:"timeout"`
-	Backend   string    `yaml:"backend"` // embedded|rtpengine
-	Rtpengine Rtpengine `yaml:"rtpengine"`
+	Listen      string    `yaml:"listen"`
+	Advertise   string    `yaml:"advertise"`
+	PortMin     int       `yaml:"port_min"`
+	PortMax     int       `yaml:"port_max"`
+	Timeout     Duration  `yaml:"timeout"`
+	HoldTimeout Duration  `yaml:"hold_timeout"`
+	Engine      string    `yaml:"engine"` // goroutine|epoll
+	Workers     int       `yaml:"workers"`
+	Backend     string    `yaml:"backend"` // embedded|rtpengine
+	Rtpengine   Rtpengine `yaml:"rtpengine"`
 }
 
 // Rtpengine configures the ng control protocol client.
@@ -143,6 +147,7 @@ func Default() *Config {
 			PortMin:   20000,
 			PortMax:   29999,
 			Timeout:   Duration(60 * time.Second),
+			Engine:    "goroutine",
 			Backend:   "embedded",
 			Rtpengine: Rtpengine{NG: "127.0.0.1:22222"},
 		},

@@ -171,6 +171,11 @@ func (c *Config) Validate() error {
 		}
 		errs = append(errs, e)
 	}
+	if a := c.SIP.Advertise; a != "" {
+		if ip, err := netip.ParseAddr(a); (err == nil && ip.IsUnspecified()) || !validHost(a) {
+			bad("sip.advertise", "must be the address or host name the PBX and phones reach the gateway at, got %q", a)
+		}
+	}
 	if !validHost(c.SIP.Domain) {
 		bad("sip.domain", "must be the host part of the users' AORs such as example.com, got %q", c.SIP.Domain)
 	}
@@ -205,6 +210,13 @@ func (c *Config) Validate() error {
 	}
 	if c.RTP.Timeout.D() <= 0 {
 		bad("rtp.timeout", "must be positive, got %s", c.RTP.Timeout)
+	}
+	if c.RTP.HoldTimeout.D() < 0 {
+		bad("rtp.hold_timeout", "must not be negative, got %s", c.RTP.HoldTimeout)
+	}
+	oneOf("rtp.engine", c.RTP.Engine, "goroutine", "epoll")
+	if c.RTP.Workers < 0 || c.RTP.Workers > 256 {
+		bad("rtp.workers", "must be 0 (one per CPU) to 256, got %d", c.RTP.Workers)
 	}
 	oneOf("rtp.backend", c.RTP.Backend, "embedded", "rtpengine")
 	if c.RTP.Backend == "rtpengine" {
