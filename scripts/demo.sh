@@ -4,6 +4,8 @@
 #   * Prosody (Debian package) for the XMPP domain "localhost", with the
 #     cusax-gw component configured and privileged (XEP-0356), and two demo
 #     users, alice and bob;
+#   * Kamailio as the PBX stand-in (registrar + proxy) on 127.0.0.1:5070,
+#     unless DEMO_PBX names a real PBX;
 #   * cusax-gw on its embedded identity store, attached to Prosody as the
 #     component "cusax.localhost", SIP on 127.0.0.1:5060 (UDP and TCP).
 #
@@ -16,7 +18,7 @@
 # runs the gateway in the foreground. Ctrl-C drains the gateway and stops
 # Prosody. Everything listens on 127.0.0.1 only; state lives in .demo/
 # (override with CUSAX_DEMO_DIR). Ports can be moved with DEMO_C2S_PORT,
-# DEMO_COMPONENT_PORT, DEMO_SIP_PORT and DEMO_ADMIN_PORT.
+# DEMO_COMPONENT_PORT, DEMO_SIP_PORT, DEMO_ADMIN_PORT and DEMO_PBX_PORT.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -25,7 +27,8 @@ DEMO=${CUSAX_DEMO_DIR:-$ROOT/.demo}
 C2S_PORT=${DEMO_C2S_PORT:-5222}
 COMPONENT_PORT=${DEMO_COMPONENT_PORT:-5347}
 SIP_PORT=${DEMO_SIP_PORT:-5060}
-PBX=${DEMO_PBX:-sip:127.0.0.1:5070}
+PBX_PORT=${DEMO_PBX_PORT:-5070}
+PBX=${DEMO_PBX:-} # empty: a local Kamailio as the PBX stand-in
 ADMIN_PORT=${DEMO_ADMIN_PORT:-9464}
 DOMAIN=localhost
 COMPONENT=cusax.localhost
@@ -44,8 +47,13 @@ if ! command -v prosody >/dev/null 2>&1 || [ ! -f /usr/lib/prosody/modules/mod_p
 	say "installing Prosody from Debian packages"
 	bash scripts/rig/install.sh prosody prosody-modules lua-unbound
 fi
+if [ -z "$PBX" ] && ! PATH=$PATH:/usr/sbin command -v kamailio >/dev/null 2>&1; then
+	[ "$(id -u)" -eq 0 ] || die "Kamailio (the demo's PBX stand-in) is not installed; run as root, or set DEMO_PBX to your PBX"
+	say "installing Kamailio from Debian packages"
+	bash scripts/rig/install.sh kamailio
+fi
 
-for port in "$C2S_PORT" "$COMPONENT_PORT" "$ADMIN_PORT"; do
+for port in "$C2S_PORT" "$COMPONENT_PORT" "$ADMIN_PORT" $([ -z "$PBX" ] && echo "$PBX_PORT"); do
 	if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
 		die "127.0.0.1:$port is already in use (a previous demo still running?); free it or set DEMO_*_PORT"
 	fi
@@ -64,12 +72,36 @@ done
 
 # 4. Prosody with the component and two demo users.
 PROSODY_DIR=$DEMO/prosody
-stop_prosody() { bash scripts/rig/prosody.sh stop "$PROSODY_DIR" >/dev/null 2>&1 || true; }
-trap stop_prosody EXIT
+KAM_PID=""
+stop_servers() {
+	bash scripts/rig/prosody.sh stop "$PROSODY_DIR" >/dev/null 2>&1 || true
+	# Kamailio forks workers: it runs in its own process group.
+	[ -n "$KAM_PID" ] && kill -TERM -- "-$KAM_PID" 2>/dev/null || true
+}
+trap stop_servers EXIT
 say "starting Prosody on 127.0.0.1:$C2S_PORT (c2s) and 127.0.0.1:$COMPONENT_PORT (component)"
 DOMAIN=$DOMAIN COMPONENT=$COMPONENT SECRET_FILE=$DEMO/xmpp-secret \
 	C2S_PORT=$C2S_PORT COMPONENT_PORT=$COMPONENT_PORT USERS="alice:alice-pw bob:bob-pw" \
 	bash scripts/rig/prosody.sh start "$PROSODY_DIR"
+
+# 4b. The PBX stand-in: the rig's Kamailio (registrar + proxy), unless
+# DEMO_PBX names a real PBX.
+if [ -z "$PBX" ]; then
+	KAM_DIR=$DEMO/kamailio
+	mkdir -p "$KAM_DIR"
+	go run ./scripts/rig/kamailiocfg -port "$PBX_PORT" -domain "$DOMAIN" >"$KAM_DIR/kamailio.cfg"
+	KAMAILIO=$(PATH=$PATH:/usr/sbin command -v kamailio)
+	setsid "$KAMAILIO" -f "$KAM_DIR/kamailio.cfg" -DD -E -m 32 -M 8 -Y "$KAM_DIR" -w "$KAM_DIR" \
+		>"$KAM_DIR/kamailio.log" 2>&1 </dev/null &
+	KAM_PID=$!
+	for _ in $(seq 1 50); do
+		(exec 3<>"/dev/tcp/127.0.0.1/$PBX_PORT") 2>/dev/null && break
+		kill -0 "$KAM_PID" 2>/dev/null || die "Kamailio did not start; see $KAM_DIR/kamailio.log"
+		sleep 0.1
+	done
+	PBX=sip:127.0.0.1:$PBX_PORT
+	say "Kamailio (the PBX stand-in) on 127.0.0.1:$PBX_PORT"
+fi
 
 # 5. The gateway configuration.
 cat >"$DEMO/config.yaml" <<EOF
@@ -108,9 +140,9 @@ cat <<EOF
 
  SIP phone (baresip, linphone, Zoiper ...):
    account  sip:alice@$DOMAIN   outbound proxy  sip:127.0.0.1:$SIP_PORT (UDP or TCP)
-   Registrations pass through to the PBX at $PBX (set DEMO_PBX to
-   your PBX or a local Kamailio; without one, REGISTER ends in 408).
-   Call bridging is not in this build yet.
+   Registrations pass through the gateway to the PBX at $PBX
+   (a local Kamailio unless DEMO_PBX is set). Call bridging is not in
+   this build yet.
 
  Operator view:
    curl -s http://127.0.0.1:$ADMIN_PORT/readyz

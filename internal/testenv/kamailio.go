@@ -141,6 +141,18 @@ route[RELAY] {
 }
 `))
 
+// KamailioConfig renders the rig's kamailio.cfg for a registrar and proxy
+// on 127.0.0.1:port (UDP and TCP) serving domains besides its own
+// address. scripts/demo.sh uses it too (through scripts/rig/kamailiocfg).
+func KamailioConfig(port int, domains []string) (string, error) {
+	var conf strings.Builder
+	err := kamailioConfig.Execute(&conf, struct {
+		Port    int
+		Domains []string
+	}{port, domains})
+	return conf.String(), err
+}
+
 // StartKamailio starts Kamailio as a registrar and proxy on a free
 // loopback port (UDP and TCP), waits until it answers OPTIONS with 200,
 // and stops it when the test ends.
@@ -165,15 +177,12 @@ func StartKamailioOptions(t testing.TB, opts KamailioOptions) *Kamailio {
 	dir := t.TempDir()
 	port := FreePort(t)
 	k := &Kamailio{Addr: hostPort(port), Dir: dir}
-	var conf strings.Builder
-	if err := kamailioConfig.Execute(&conf, struct {
-		Port    int
-		Domains []string
-	}{port, opts.Domains}); err != nil {
+	conf, err := KamailioConfig(port, opts.Domains)
+	if err != nil {
 		t.Fatal(err)
 	}
 	cfg := filepath.Join(dir, "kamailio.cfg")
-	if err := writeFile(cfg, conf.String(), 0o644); err != nil {
+	if err := writeFile(cfg, conf, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	// -DD keeps the main process in the foreground (it still forks its

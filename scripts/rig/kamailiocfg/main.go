@@ -1,0 +1,33 @@
+// Command kamailiocfg prints the test rig's Kamailio configuration (a
+// registrar and record-routing proxy on 127.0.0.1) for scripts/demo.sh, so
+// that the demo's PBX stand-in is exactly the one the tests run against.
+//
+//	go run ./scripts/rig/kamailiocfg -port 5070 -domain localhost > kamailio.cfg
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/cusax-gw/cusax-gw/internal/testenv"
+)
+
+func main() {
+	port := flag.Int("port", 5070, "UDP and TCP port on 127.0.0.1")
+	domains := flag.String("domain", "", "comma-separated SIP domains served besides the address")
+	flag.Parse()
+	var ds []string
+	for _, d := range strings.Split(*domains, ",") {
+		if d = strings.TrimSpace(d); d != "" {
+			ds = append(ds, d)
+		}
+	}
+	conf, err := testenv.KamailioConfig(*port, ds)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "kamailiocfg:", err)
+		os.Exit(1)
+	}
+	fmt.Print(conf)
+}
