@@ -15,7 +15,20 @@ import (
 // startDaemon runs a daemon for cfg until the test ends.
 func startDaemon(t *testing.T, cfg *config.Config) *daemon {
 	t.Helper()
-	d, err := newDaemon(cfg, slog.New(slog.DiscardHandler))
+	d, stop := runDaemon(t, cfg, slog.New(slog.DiscardHandler))
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Errorf("run = %v", err)
+		}
+	})
+	return d
+}
+
+// runDaemon starts a daemon for cfg, returns once it has started, and
+// returns a stop function that ends it and returns what run returned.
+func runDaemon(t *testing.T, cfg *config.Config, log *slog.Logger) (*daemon, func() error) {
+	t.Helper()
+	d, err := newDaemon(cfg, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -25,15 +38,10 @@ func startDaemon(t *testing.T, cfg *config.Config) *daemon {
 	select {
 	case <-d.started:
 	case err := <-done:
+		cancel()
 		t.Fatalf("run returned before start: %v", err)
 	}
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("run = %v", err)
-		}
-	})
-	return d
+	return d, func() error { cancel(); return <-done }
 }
 
 func TestIdentityCLI(t *testing.T) {

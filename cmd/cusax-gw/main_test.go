@@ -121,18 +121,8 @@ func TestRunWithoutXMPPServer(t *testing.T) {
 	cfg := testConfig(t)
 	var logBuf bytes.Buffer
 	log := slog.New(slog.NewJSONHandler(&lockedWriter{w: &logBuf}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	d, err := newDaemon(cfg, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.run(ctx) }()
-	select {
-	case <-d.started:
-	case err := <-done:
-		t.Fatalf("run returned before start: %v", err)
-	}
+	_, stop := runDaemon(t, cfg, log)
+	ctx := context.Background()
 	base := "http://" + cfg.Admin.Listen
 	if code, body := httpGet(t, base+"/healthz"); code != 200 || !strings.Contains(body, `"xmpp"`) {
 		t.Errorf("/healthz = %d %s, want 200 with an xmpp entry", code, body)
@@ -165,8 +155,7 @@ func TestRunWithoutXMPPServer(t *testing.T) {
 		t.Errorf("OPTIONS over TCP to the gateway = %d %s, %v; want 200", code, reason, err)
 	}
 
-	cancel()
-	if err := <-done; err != nil {
+	if err := stop(); err != nil {
 		t.Errorf("run after cancel = %v, want nil", err)
 	}
 	if _, err := net.Dial("tcp", cfg.Admin.Listen); err == nil {
