@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cusax-gw/cusax-gw/b2bua"
 	"github.com/cusax-gw/cusax-gw/identity"
 	"github.com/cusax-gw/cusax-gw/internal/config"
 	"github.com/cusax-gw/cusax-gw/internal/testenv"
@@ -67,6 +68,9 @@ func TestTwoDaemonsShareRedis(t *testing.T) {
 	cfg2.RTP.PortMin, cfg2.RTP.PortMax = 40220, 40239
 	d1 := startDaemon(t, cfg1)
 	d2 := startDaemon(t, cfg2)
+	if _, ok := d1.sip.Bindings().(*b2bua.RedisBindings); !ok {
+		t.Errorf("registrations with identity.backend redis kept in %T, want *b2bua.RedisBindings", d1.sip.Bindings())
+	}
 
 	if code, body := apiDo(t, cfg1, "POST", "/api/v1/identities", `{"jid":"alice@example.com","sip":["sip:alice@example.com"],"tel":["+15551230001"]}`); code != 201 {
 		t.Fatalf("create on gateway 1 = %d %s", code, body)

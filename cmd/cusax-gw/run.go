@@ -164,6 +164,12 @@ func newDaemon(cfg *config.Config, log *slog.Logger) (_ *daemon, err error) {
 	for _, l := range cfg.SIPListeners() {
 		listeners = append(listeners, b2bua.Listener{Network: l.Network, Addr: l.Addr})
 	}
+	// With Redis, registrations are shared too: a phone registered through
+	// one instance is reachable through any other.
+	var bindings b2bua.Bindings
+	if rs, ok := d.store.(*identity.RedisStore); ok {
+		bindings = b2bua.NewRedisBindings(rs.Client(), cfg.Identity.Redis.KeyPrefix, 0)
+	}
 	d.sip, err = b2bua.New(b2bua.Config{
 		Listen:    listeners,
 		TLS:       tlsConf,
@@ -171,6 +177,7 @@ func newDaemon(cfg *config.Config, log *slog.Logger) (_ *daemon, err error) {
 		PBX:       cfg.SIP.PBX,
 		Advertise: cfg.SIP.Advertise,
 		UserAgent: "cusax-gw/" + version,
+		Bindings:  bindings,
 	}, log.With("subsystem", "sip"), b2bua.NewMetrics(d.reg))
 	if err != nil {
 		return nil, err
