@@ -15,7 +15,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"text/template"
@@ -52,18 +51,14 @@ type Ejabberd struct {
 	// Node is the Erlang node name, distinct per instance.
 	Node string
 	// Dir holds conf/, spool/ and logs/, owned by user ejabberd.
-	Dir string
-	// PID is the process ID of `ejabberdctl foreground`, the leader of a
-	// process group that holds the Erlang VM.
-	PID int
-
+	Dir  string
 	ctl  string
 	cred *syscall.Credential
 	env  []string
 
-	mu   sync.Mutex
-	spec procSpec
-	p    *process
+	// server.PID is the process ID of `ejabberdctl foreground`, the leader
+	// of a process group that holds the Erlang VM.
+	server
 }
 
 // ejabberdConfig is the generated ejabberd.yml. Strings are inserted as
@@ -300,21 +295,8 @@ func (e *Ejabberd) ctlArgs() []string {
 	}
 }
 
-func (e *Ejabberd) current() *process {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.p
-}
-
 func (e *Ejabberd) start() error {
-	p, err := startProcess(e.spec)
-	if err != nil {
-		return err
-	}
-	e.mu.Lock()
-	e.p, e.PID = p, p.pid()
-	e.mu.Unlock()
-	return waitReady(p, startTimeout, "HTTP API, c2s stream features and component port", func() error {
+	return e.launch("HTTP API, c2s stream features and component port", func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		if _, err := e.API(ctx, "status", map[string]string{}); err != nil {

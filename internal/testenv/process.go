@@ -282,3 +282,52 @@ func writeFile(path, content string, mode os.FileMode) error {
 	}
 	return nil
 }
+
+// server is what the restartable rig servers (Redis, Prosody, ejabberd)
+// share: the spec they are started from and the process now running it.
+// Its methods are safe for concurrent use, so failure drills can call them
+// from any goroutine.
+type server struct {
+	mu   sync.Mutex
+	spec procSpec
+	p    *process
+	// PID is the process ID of the current process.
+	PID int
+}
+
+func (s *server) current() *process {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.p
+}
+
+// launch starts the spec and waits until probe (described by what)
+// succeeds.
+func (s *server) launch(what string, probe func() error) error {
+	p, err := startProcess(s.spec)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.p, s.PID = p, p.pid()
+	s.mu.Unlock()
+	return waitReady(p, startTimeout, what, probe)
+}
+
+// Kill stops the server with SIGKILL, as in a crash. It stays down until
+// Restart.
+func (s *server) Kill() error {
+	if p := s.current(); p != nil {
+		return p.kill()
+	}
+	return nil
+}
+
+// Stop shuts the server down (SIGTERM, SIGKILL after a grace period). It
+// stays down until Restart.
+func (s *server) Stop() error {
+	if p := s.current(); p != nil {
+		return p.stop(stopGrace)
+	}
+	return nil
+}

@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"text/template"
 	"time"
@@ -51,12 +50,8 @@ type Prosody struct {
 	Dir string
 	// ConfigPath is the generated prosody.cfg.lua, for prosodyctl.
 	ConfigPath string
-	// PID is the process ID of the current server process.
-	PID int
 
-	mu   sync.Mutex
-	spec procSpec
-	p    *process
+	server
 }
 
 // prosodyConfig is the generated prosody.cfg.lua. Every listener is on
@@ -240,21 +235,8 @@ func prosodyRegister(ctl, conf, user, host, password string) error {
 	return nil
 }
 
-func (x *Prosody) current() *process {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	return x.p
-}
-
 func (x *Prosody) start() error {
-	p, err := startProcess(x.spec)
-	if err != nil {
-		return err
-	}
-	x.mu.Lock()
-	x.p, x.PID = p, p.pid()
-	x.mu.Unlock()
-	return waitReady(p, startTimeout, "c2s stream features and component port", func() error {
+	return x.launch("c2s stream features and component port", func() error {
 		if err := xmppStreamFeatures(x.C2SAddr, x.Domain); err != nil {
 			return err
 		}
@@ -264,24 +246,6 @@ func (x *Prosody) start() error {
 		}
 		return c.Close()
 	})
-}
-
-// Stop shuts the server down (SIGTERM, SIGKILL after a grace period). It
-// stays down until Restart.
-func (x *Prosody) Stop() error {
-	if p := x.current(); p != nil {
-		return p.stop(stopGrace)
-	}
-	return nil
-}
-
-// Kill stops the server with SIGKILL, as in a crash. It stays down until
-// Restart.
-func (x *Prosody) Kill() error {
-	if p := x.current(); p != nil {
-		return p.kill()
-	}
-	return nil
 }
 
 // Restart stops the server if it is running and starts it again with the

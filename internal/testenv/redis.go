@@ -6,7 +6,6 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"text/template"
 	"time"
@@ -36,12 +35,8 @@ type Redis struct {
 	Addr string
 	// URL is redis://Addr/0, for redis.ParseURL.
 	URL string
-	// PID is the process ID of the current server process.
-	PID int
 
-	mu   sync.Mutex
-	spec procSpec
-	p    *process
+	server
 }
 
 // StartRedis starts redis-server on a free loopback port with persistence
@@ -67,9 +62,9 @@ func StartRedis(t testing.TB) *Redis {
 		t.Fatal(err)
 	}
 	r := &Redis{
-		Addr: hostPort(port),
-		URL:  "redis://" + hostPort(port) + "/0",
-		spec: procSpec{name: "redis", path: path, args: []string{confPath}, dir: dir},
+		Addr:   hostPort(port),
+		URL:    "redis://" + hostPort(port) + "/0",
+		server: server{spec: procSpec{name: "redis", path: path, args: []string{confPath}, dir: dir}},
 	}
 	cleanupProcess(t, r.current)
 	if err := r.start(); err != nil {
@@ -78,41 +73,10 @@ func StartRedis(t testing.TB) *Redis {
 	return r
 }
 
-func (r *Redis) current() *process {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.p
-}
-
 // start starts the process and waits until it answers PING. Called with
 // r.mu unlocked.
 func (r *Redis) start() error {
-	p, err := startProcess(r.spec)
-	if err != nil {
-		return err
-	}
-	r.mu.Lock()
-	r.p, r.PID = p, p.pid()
-	r.mu.Unlock()
-	return waitReady(p, startTimeout, "PING", func() error { return redisPing(r.Addr) })
-}
-
-// Kill stops the server with SIGKILL, as in a crash. It stays down until
-// Restart.
-func (r *Redis) Kill() error {
-	if p := r.current(); p != nil {
-		return p.kill()
-	}
-	return nil
-}
-
-// Stop shuts the server down gracefully (SIGTERM). It stays down until
-// Restart.
-func (r *Redis) Stop() error {
-	if p := r.current(); p != nil {
-		return p.stop(stopGrace)
-	}
-	return nil
+	return r.launch("PING", func() error { return redisPing(r.Addr) })
 }
 
 // Restart stops the server if it is running and starts it again on the
