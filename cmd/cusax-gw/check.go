@@ -13,10 +13,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/cusax-gw/cusax-gw/b2bua"
 	"github.com/cusax-gw/cusax-gw/component"
+	"github.com/cusax-gw/cusax-gw/identity"
 	"github.com/cusax-gw/cusax-gw/internal/check"
 	"github.com/cusax-gw/cusax-gw/internal/config"
 	"github.com/cusax-gw/cusax-gw/rtprelay"
@@ -233,23 +232,12 @@ func orNone(s string) string {
 }
 
 func probeRedis(ctx context.Context, cfg *config.Config) (string, error) {
-	var client redis.UniversalClient
-	url := cfg.Identity.Redis.URL.Reveal()
-	if strings.Contains(url, "master_name=") {
-		o, err := redis.ParseFailoverURL(url)
-		if err != nil {
-			return "", fmt.Errorf("identity.redis.url: %s", strings.TrimPrefix(err.Error(), "redis: "))
-		}
-		client = redis.NewFailoverClient(o)
-	} else {
-		o, err := redis.ParseURL(url)
-		if err != nil {
-			return "", fmt.Errorf("identity.redis.url: %s", strings.TrimPrefix(err.Error(), "redis: "))
-		}
-		client = redis.NewClient(o)
+	store, err := identity.OpenRedis(cfg.Identity.Redis.URL.Reveal(), identity.RedisOptions{KeyPrefix: cfg.Identity.Redis.KeyPrefix})
+	if err != nil {
+		return "", fmt.Errorf("identity.redis.url: %w", err)
 	}
-	defer client.Close()
-	if err := client.Ping(ctx).Err(); err != nil {
+	defer store.Close()
+	if err := store.Client().Ping(ctx).Err(); err != nil {
 		return "", fmt.Errorf("redis PING failed: %w", err)
 	}
 	return "PING answered", nil
