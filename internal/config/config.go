@@ -85,6 +85,12 @@ type SIP struct {
 	Auth        string   `yaml:"auth"`      // passthrough|local
 	CallInfo    string   `yaml:"call_info"` // stamp|off
 	XMPPContact bool     `yaml:"xmpp_contact"`
+	// Admission and call limits; 0 means unlimited.
+	MaxCalls    int      `yaml:"max_calls"`    // concurrent calls
+	MaxCPS      int      `yaml:"max_cps"`      // new calls per second
+	RateLimit   int      `yaml:"rate_limit"`   // requests per second per untrusted source address
+	MaxDuration Duration `yaml:"max_duration"` // longest call, then BYE on both legs
+	RingTimeout Duration `yaml:"ring_timeout"` // longest wait for an answer after ringing starts
 }
 
 // TLS names the certificate and key of the tls:// and wss:// SIP listeners.
@@ -135,12 +141,14 @@ func Default() *Config {
 			Sync:      Sync{Reach: true, VCard: "enforce", Interval: Duration(10 * time.Minute)},
 		},
 		SIP: SIP{
-			Listen:   []string{"udp://0.0.0.0:5060", "tcp://0.0.0.0:5060"},
-			Domain:   "example.com",
-			PBX:      "sip:127.0.0.1:5070",
-			Trusted:  []string{"127.0.0.1/32"},
-			Auth:     "passthrough",
-			CallInfo: "stamp",
+			Listen:      []string{"udp://0.0.0.0:5060", "tcp://0.0.0.0:5060"},
+			Domain:      "example.com",
+			PBX:         "sip:127.0.0.1:5070",
+			Trusted:     []string{"127.0.0.1/32"},
+			Auth:        "passthrough",
+			CallInfo:    "stamp",
+			MaxDuration: Duration(12 * time.Hour),
+			RingTimeout: Duration(3 * time.Minute),
 		},
 		RTP: RTP{
 			Listen:    "0.0.0.0",

@@ -192,6 +192,21 @@ func (c *Config) Validate() error {
 	}
 	oneOf("sip.auth", c.SIP.Auth, "passthrough", "local")
 	oneOf("sip.call_info", c.SIP.CallInfo, "stamp", "off")
+	if c.SIP.MaxCalls < 0 {
+		bad("sip.max_calls", "must not be negative (0: unlimited), got %d", c.SIP.MaxCalls)
+	}
+	if c.SIP.MaxCPS < 0 {
+		bad("sip.max_cps", "must not be negative (0: unlimited), got %d", c.SIP.MaxCPS)
+	}
+	if c.SIP.RateLimit < 0 {
+		bad("sip.rate_limit", "must not be negative (0: unlimited), got %d", c.SIP.RateLimit)
+	}
+	if c.SIP.MaxDuration.D() < 0 {
+		bad("sip.max_duration", "must not be negative (0: unlimited), got %s", c.SIP.MaxDuration)
+	}
+	if c.SIP.RingTimeout.D() <= 0 {
+		bad("sip.ring_timeout", "must be positive, got %s", c.SIP.RingTimeout)
+	}
 
 	if _, err := netip.ParseAddr(c.RTP.Listen); err != nil {
 		bad("rtp.listen", "must be an IP address such as 0.0.0.0, got %q", c.RTP.Listen)
