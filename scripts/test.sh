@@ -119,7 +119,7 @@ elif [ "$(id -u)" -eq 0 ]; then
 	bash scripts/rig/install.sh || fail "scripts/rig/install.sh failed (see its output above)"
 else
 	missing=()
-	for cmd in prosody prosodyctl ejabberdctl redis-server kamailio sipp baresip rtpengine; do
+	for cmd in prosody prosodyctl ejabberdctl redis-server kamailio sipp baresip rtpengine promtool; do
 		PATH=$PATH:/usr/sbin:/sbin command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
 	done
 	if [ "${#missing[@]}" -gt 0 ]; then

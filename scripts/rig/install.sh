@@ -1,6 +1,7 @@
 #!/bin/sh
 # install.sh installs the real servers the integration test rig starts
-# (internal/testenv, scripts/rig/prosody.sh) from Debian 12 packages.
+# (internal/testenv, scripts/rig/prosody.sh) and the tools it runs
+# (promtool, for deploy/) from Debian 12 packages.
 #
 #	scripts/rig/install.sh            every rig package
 #	scripts/rig/install.sh PKG...     only these (e.g. prosody prosody-modules)
@@ -15,8 +16,10 @@ set -eu
 # /usr/lib/prosody/modules); kamailio's base package has every module the
 # rig loads (tm, sl, rr, pv, maxfwd, usrloc, registrar, textops, siputils,
 # sanity); sip-tester is SIPp; rtpengine-daemon runs in userspace without
-# its kernel module.
-PKGS="prosody prosody-modules lua-unbound ejabberd redis-server sip-tester baresip kamailio rtpengine-daemon"
+# its kernel module; prometheus brings promtool, which checks and unit-tests
+# deploy/prometheus/ (the Prometheus server it also ships is never started:
+# see policy-rc.d below).
+PKGS="prosody prosody-modules lua-unbound ejabberd redis-server sip-tester baresip kamailio rtpengine-daemon prometheus"
 if [ $# -gt 0 ]; then
 	PKGS="$*"
 fi
@@ -72,7 +75,8 @@ stop_pids() {
 }
 
 for f in /run/redis/redis-server.pid /run/prosody/prosody.pid /run/kamailio/kamailio.pid \
-	/run/rtpengine/rtpengine-daemon.pid /run/rtpengine-daemon.pid /run/ejabberd/ejabberd.pid; do
+	/run/rtpengine/rtpengine-daemon.pid /run/rtpengine-daemon.pid /run/ejabberd/ejabberd.pid \
+	/run/prometheus/prometheus.pid; do
 	[ -s "$f" ] || continue
 	pid=$(cat "$f")
 	if [ -d "/proc/$pid" ]; then
