@@ -44,6 +44,24 @@ type Config struct {
 	PBXTimeout time.Duration
 	// Now is the clock used for binding expiry. Default time.Now.
 	Now func() time.Time
+
+	// Auth is who authenticates phones: "passthrough" (default; the PBX
+	// challenges, the gateway relays) or "local" (the gateway challenges
+	// with SIP digest against Credentials, realm Domain; see auth.go).
+	Auth string
+	// Credentials holds the per-AOR digest credentials; required when
+	// Auth is "local".
+	Credentials Credentials
+	// NonceKey is the HMAC key of the digest nonces. Default: random per
+	// process. Gateways sharing one address may share a key so that a
+	// nonce one issued is accepted by another.
+	NonceKey []byte
+	// NonceLifetime is how long a digest nonce is accepted; an older one
+	// gets a new challenge with stale=true. Default 5 minutes.
+	NonceLifetime time.Duration
+
+	// digest is the local-auth state New creates (nonces, replay cache).
+	digest *digestAuth
 }
 
 func (c *Config) setDefaults() {
@@ -65,6 +83,7 @@ func (c *Config) setDefaults() {
 	if c.RetryAfter <= 0 {
 		c.RetryAfter = 30 * time.Second
 	}
+	c.setAuthDefaults()
 }
 
 func (c *Config) validate() error {
@@ -83,5 +102,6 @@ func (c *Config) validate() error {
 			errs = append(errs, fmt.Errorf("b2bua: listener %s: unknown transport", l))
 		}
 	}
+	errs = append(errs, c.validateAuth()...)
 	return errors.Join(errs...)
 }

@@ -12,6 +12,7 @@ type Metrics struct {
 	CallInfo      *prometheus.CounterVec // action
 	Registrations prometheus.Gauge
 	Panics        prometheus.Counter
+	Auth          *prometheus.CounterVec // result (sip.auth: local)
 }
 
 // NewMetrics creates the b2bua metrics and registers them with reg.
@@ -46,6 +47,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Panics recovered in per-request or per-call goroutines (each also logged).",
 		}),
 	}
+	m.Auth = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "cusax_sip_auth_total",
+		Help: "Local digest authentication outcomes (sip.auth: local): ok, challenged (no credentials), stale (expired nonce), failed, forbidden (another user's credentials), error (credential store).",
+	}, []string{"result"})
+	for _, r := range authResults {
+		m.Auth.WithLabelValues(r)
+	}
 	for _, a := range []string{"stamped", "stripped", "kept"} {
 		m.CallInfo.WithLabelValues(a)
 	}
@@ -54,6 +62,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			m.Calls.WithLabelValues(o, r)
 		}
 	}
-	reg.MustRegister(m.Requests, m.Responses, m.CallsActive, m.Calls, m.CallInfo, m.Registrations, m.Panics)
+	reg.MustRegister(m.Requests, m.Responses, m.CallsActive, m.Calls, m.CallInfo, m.Registrations, m.Panics, m.Auth)
 	return m
 }

@@ -175,6 +175,11 @@ func (b *B2BUA) onRegister(req *sip.Request, tx sip.ServerTransaction) {
 	}
 	log := b.log.With("call_id", callid.Value())
 	aor := aorOf(to.Address)
+	// sip.auth local: the gateway challenges; the PBX then gets the
+	// REGISTER without the phone's Authorization for our realm.
+	if _, ok := b.authenticate(context.Background(), req, tx); !ok {
+		return
+	}
 
 	fwd := sip.NewRequest(sip.REGISTER, *req.Recipient.Clone())
 	fwd.AppendHeader(sip.HeaderClone(req.From()))

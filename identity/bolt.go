@@ -41,9 +41,10 @@ type BoltOptions struct {
 // included, is either entirely on disk or not at all. One process at a
 // time holds the file; its change feed is in-process.
 //
-// The file has four buckets: "identities" (JID -> JSON), "index" (key such
-// as "tel:+15551230001" -> JID), "meta" (revision, count, schema) and
-// "log" (revision, 8 bytes big-endian -> JSON event; the last LogSize).
+// The file has five buckets: "identities" (JID -> JSON), "index" (key such
+// as "tel:+15551230001" -> JID), "meta" (revision, count, schema), "log"
+// (revision, 8 bytes big-endian -> JSON event; the last LogSize) and
+// "credentials" (AOR -> JSON Credential, hashes only).
 //
 // Open it with OpenBolt. It is safe for concurrent use.
 type BoltStore struct {
@@ -66,6 +67,7 @@ var (
 	bktIndex      = []byte("index")
 	bktMeta       = []byte("meta")
 	bktLog        = []byte("log")
+	bktCreds      = []byte("credentials")
 
 	metaRev    = []byte("rev")
 	metaCount  = []byte("count")
@@ -109,7 +111,7 @@ func OpenBolt(path string, opts BoltOptions) (*BoltStore, error) {
 	}
 	var rev uint64
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bktIdentities, bktIndex, bktMeta, bktLog} {
+		for _, name := range [][]byte{bktIdentities, bktIndex, bktMeta, bktLog, bktCreds} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
@@ -294,6 +296,12 @@ func (s *BoltStore) write(ctx context.Context, id Identity, create bool) (Identi
 					}
 				}
 			}
+			creds := tx.Bucket(bktCreds)
+			for _, a := range staleAORs(&old, &id) {
+				if err := creds.Delete([]byte(a)); err != nil {
+					return err
+				}
+			}
 		} else if err := putUint(meta, metaCount, getUint(meta, metaCount)+1); err != nil {
 			return err
 		}
@@ -385,6 +393,11 @@ func (s *BoltStore) Delete(ctx context.Context, jid string) error {
 		}
 		if err := tx.Bucket(bktIdentities).Delete([]byte(jid)); err != nil {
 			return err
+		}
+		for _, a := range old.SIP {
+			if err := tx.Bucket(bktCreds).Delete([]byte(a)); err != nil {
+				return err
+			}
 		}
 		if err := putUint(meta, metaCount, getUint(meta, metaCount)-1); err != nil {
 			return err
@@ -589,6 +602,82 @@ func (s *BoltStore) replay(from, to uint64) ([]Event, bool, error) {
 		return nil
 	})
 	return out, ok, err
+}
+
+// SetCredential implements Store.
+func (s *BoltStore) SetCredential(ctx context.Context, jid, aor string, c Credential) error {
+	if err := c.valid(); err != nil {
+		return err
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if err := s.begin(ctx); err != nil {
+		return err
+	}
+	return s.wrap(s.db.Update(func(tx *bolt.Tx) error {
+		if tx.Bucket(bktIdentities).Get([]byte(jid)) == nil {
+			return fmt.Errorf("%w: jid %s", ErrNotFound, jid)
+		}
+		if string(tx.Bucket(bktIndex).Get(indexKey(Key{KindAOR, aor}))) != jid {
+			return notOwnAOR(jid, aor)
+		}
+		c.JID = jid
+		v, err := json.Marshal(c)
+		if err != nil {
+			return err
+		}
+		return tx.Bucket(bktCreds).Put([]byte(aor), v)
+	}))
+}
+
+// readCredential returns the credential of aor while its identity still
+// owns aor.
+func readCredential(tx *bolt.Tx, aor string) (Credential, bool, error) {
+	v := tx.Bucket(bktCreds).Get([]byte(aor))
+	if v == nil {
+		return Credential{}, false, nil
+	}
+	var c Credential
+	if err := json.Unmarshal(v, &c); err != nil {
+		return Credential{}, false, fmt.Errorf("corrupt credential of %q: %w", aor, err)
+	}
+	if string(tx.Bucket(bktIndex).Get(indexKey(Key{KindAOR, aor}))) != c.JID {
+		return Credential{}, false, nil
+	}
+	return c, true, nil
+}
+
+// Credential implements Store.
+func (s *BoltStore) Credential(ctx context.Context, aor string) (Credential, error) {
+	var c Credential
+	err := s.view(ctx, func(tx *bolt.Tx) error {
+		var ok bool
+		var err error
+		if c, ok, err = readCredential(tx, aor); err == nil && !ok {
+			err = fmt.Errorf("%w: credential of %s", ErrNotFound, aor)
+		}
+		return err
+	})
+	return c, err
+}
+
+// DeleteCredential implements Store.
+func (s *BoltStore) DeleteCredential(ctx context.Context, jid, aor string) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if err := s.begin(ctx); err != nil {
+		return err
+	}
+	return s.wrap(s.db.Update(func(tx *bolt.Tx) error {
+		c, ok, err := readCredential(tx, aor)
+		if err != nil {
+			return err
+		}
+		if !ok || c.JID != jid {
+			return fmt.Errorf("%w: credential of %s", ErrNotFound, aor)
+		}
+		return tx.Bucket(bktCreds).Delete([]byte(aor))
+	}))
 }
 
 // Ping implements Store: it reads the revision.

@@ -345,6 +345,67 @@ func (d *Directory) Import(ctx context.Context, ids []Identity) error {
 	return err
 }
 
+// SetPassword stores the digest credential of aor, an AOR of the identity
+// jid, computed from password for realm (see NewCredential). The password
+// is not kept. Errors: ErrNotFound (no such JID), *FieldError naming "jid",
+// "sip" (invalid, or not an AOR of jid) or "password".
+func (d *Directory) SetPassword(ctx context.Context, jid, aor, realm, password string) error {
+	j, a, err := d.jidAOR(jid, aor)
+	if err != nil {
+		return err
+	}
+	c, err := NewCredential(a, realm, password)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := d.ctx(ctx)
+	defer cancel()
+	err = d.store.SetCredential(ctx, j, a, c)
+	d.note(err)
+	return err
+}
+
+// DeleteCredential removes the digest credential of aor, an AOR of jid;
+// ErrNotFound if it has none.
+func (d *Directory) DeleteCredential(ctx context.Context, jid, aor string) error {
+	j, a, err := d.jidAOR(jid, aor)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := d.ctx(ctx)
+	defer cancel()
+	err = d.store.DeleteCredential(ctx, j, a)
+	d.note(err)
+	return err
+}
+
+// Credential returns the digest credential of an AOR (normalised first),
+// or an error matching ErrNotFound. It always asks the store: credentials
+// are not cached.
+func (d *Directory) Credential(ctx context.Context, aor string) (Credential, error) {
+	a, err := d.norm.AOR(aor)
+	if err != nil {
+		return Credential{}, err
+	}
+	ctx, cancel := d.ctx(ctx)
+	defer cancel()
+	c, err := d.store.Credential(ctx, a)
+	d.note(err)
+	return c, err
+}
+
+func (d *Directory) jidAOR(jid, aor string) (string, string, error) {
+	j, err := d.norm.JID(jid)
+	if err != nil {
+		return "", "", err
+	}
+	a, err := d.norm.AOR(aor)
+	if err != nil {
+		return "", "", err
+	}
+	return j, a, nil
+}
+
 // RowError is one bad row of an import.
 type RowError struct {
 	Row int // 0-based index in the imported list

@@ -193,9 +193,11 @@ type Store interface {
 	Create(ctx context.Context, id Identity) (Identity, error)
 	// Put creates or replaces the identity with id.JID. It fails with a
 	// *ConflictError if an AOR or number belongs to another identity, and
-	// then changes nothing. Keys the old value had and id lacks are freed.
+	// then changes nothing. Keys the old value had and id lacks are freed,
+	// and the credentials of the AORs it lacks are deleted.
 	Put(ctx context.Context, id Identity) (Identity, error)
-	// Delete removes the identity and frees its keys, or returns ErrNotFound.
+	// Delete removes the identity, frees its keys and deletes the
+	// credentials of its AORs, or returns ErrNotFound.
 	Delete(ctx context.Context, jid string) error
 	// List returns up to limit identities with JIDs greater than after, in
 	// JID order, and the cursor for the next page ("" at the end).
@@ -213,6 +215,18 @@ type Store interface {
 	// missed (from is too old, the subscription dropped, the consumer was
 	// too slow), it sends an OpResync event instead.
 	Watch(ctx context.Context, from uint64) (<-chan Event, error)
+	// SetCredential stores c as the digest credential of aor, an AOR of the
+	// identity jid, replacing any previous one, and records jid in it. It
+	// fails with ErrNotFound if jid does not exist and with a *FieldError
+	// (field "sip") if jid does not own aor, and then changes nothing.
+	// Credentials change neither the revision nor the change feed.
+	SetCredential(ctx context.Context, jid, aor string, c Credential) error
+	// Credential returns the credential of aor, or ErrNotFound if none is
+	// set or the identity that set it no longer owns aor.
+	Credential(ctx context.Context, aor string) (Credential, error)
+	// DeleteCredential removes the credential of aor, an AOR of jid, or
+	// returns ErrNotFound.
+	DeleteCredential(ctx context.Context, jid, aor string) error
 	// Ping checks that the backend answers.
 	Ping(ctx context.Context) error
 	// Close releases the backend. Watch channels close.

@@ -20,9 +20,10 @@ type MemoryStore struct {
 	closed bool
 	rev    uint64
 	byJID  map[string]*Identity
-	jids   []string       // sorted, for List
-	owner  map[Key]string // every key -> its identity's JID
-	log    []Event        // the most recent events, in order
+	jids   []string              // sorted, for List
+	owner  map[Key]string        // every key -> its identity's JID
+	creds  map[string]Credential // AOR -> its digest credential
+	log    []Event               // the most recent events, in order
 	logMax int
 }
 
@@ -33,6 +34,7 @@ func NewMemoryStore() *MemoryStore {
 	s := &MemoryStore{
 		byJID:  map[string]*Identity{},
 		owner:  map[Key]string{},
+		creds:  map[string]Credential{},
 		logMax: defaultLogSize,
 	}
 	s.feed = newFeed(0, 0, s.replay)
@@ -132,6 +134,9 @@ func (s *MemoryStore) write(ctx context.Context, id Identity, create bool) (Iden
 	}
 	if old, ok := s.byJID[id.JID]; ok {
 		s.unindex(old)
+		for _, a := range staleAORs(old, &id) {
+			delete(s.creds, a)
+		}
 	} else {
 		s.insertJID(id.JID)
 	}
@@ -154,6 +159,9 @@ func (s *MemoryStore) Delete(ctx context.Context, jid string) error {
 		return fmt.Errorf("%w: jid %s", ErrNotFound, jid)
 	}
 	s.unindex(old)
+	for _, a := range old.SIP {
+		delete(s.creds, a)
+	}
 	delete(s.byJID, jid)
 	if i, found := slices.BinarySearch(s.jids, jid); found {
 		s.jids = slices.Delete(s.jids, i, i+1)
@@ -252,6 +260,56 @@ func (s *MemoryStore) Watch(ctx context.Context, from uint64) (<-chan Event, err
 		return nil, ErrClosed
 	}
 	return s.feed.watch(ctx, from)
+}
+
+// SetCredential implements Store.
+func (s *MemoryStore) SetCredential(ctx context.Context, jid, aor string, c Credential) error {
+	if err := c.valid(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(ctx); err != nil {
+		return err
+	}
+	if _, ok := s.byJID[jid]; !ok {
+		return fmt.Errorf("%w: jid %s", ErrNotFound, jid)
+	}
+	if s.owner[Key{KindAOR, aor}] != jid {
+		return notOwnAOR(jid, aor)
+	}
+	c.JID = jid
+	s.creds[aor] = c
+	return nil
+}
+
+// Credential implements Store.
+func (s *MemoryStore) Credential(ctx context.Context, aor string) (Credential, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if err := s.check(ctx); err != nil {
+		return Credential{}, err
+	}
+	c, ok := s.creds[aor]
+	if !ok || s.owner[Key{KindAOR, aor}] != c.JID {
+		return Credential{}, fmt.Errorf("%w: credential of %s", ErrNotFound, aor)
+	}
+	return c, nil
+}
+
+// DeleteCredential implements Store.
+func (s *MemoryStore) DeleteCredential(ctx context.Context, jid, aor string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(ctx); err != nil {
+		return err
+	}
+	c, ok := s.creds[aor]
+	if !ok || c.JID != jid || s.owner[Key{KindAOR, aor}] != jid {
+		return fmt.Errorf("%w: credential of %s", ErrNotFound, aor)
+	}
+	delete(s.creds, aor)
+	return nil
 }
 
 // Ping implements Store.

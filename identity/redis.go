@@ -24,6 +24,8 @@ import (
 //	{p}id:{jid}             string  JSON of the identity, with "version" (the revision of its last write)
 //	{p}key:sip:{aor}        string  owner JID of a SIP AOR ({p}key:sip:sip:alice@example.com)
 //	{p}key:tel:{number}     string  owner JID of an E.164 number ({p}key:tel:+15551230001)
+//	{p}cred:{aor}           string  JSON digest credential of an AOR (hashes only, with the owner
+//	                                "jid"); not an identity write: no revision, log entry or event
 //	{p}jids                 zset    every JID with score 0, for List paging with ZRANGEBYLEX
 //	{p}rev                  string  the revision counter, INCR'd by every write (INCRBY n by an import)
 //	{p}log                  stream  recent changes, entry ID "{rev}-0", fields rev, op (put|delete),
@@ -571,6 +573,78 @@ func (s *RedisStore) rev(ctx context.Context) (uint64, error) {
 		return 0, s.fail("rev", err)
 	}
 	return v, nil
+}
+
+// SetCredential implements Store: one script checks that jid owns aor
+// and stores c.
+func (s *RedisStore) SetCredential(ctx context.Context, jid, aor string, c Credential) error {
+	what := func() string { return fmt.Sprintf("set credential of %q", aor) }
+	if err := s.enter(ctx, what); err != nil {
+		return err
+	}
+	if err := c.valid(); err != nil {
+		return err
+	}
+	c.JID = jid
+	js, err := json.Marshal(c)
+	if err != nil {
+		return fmt.Errorf("identity: redis %s: %w", what(), err)
+	}
+	ctx, cancel := s.opctx(ctx)
+	defer cancel()
+	v, err := redisSetCred.Run(ctx, s.client, []string{s.revKey}, s.p, jid, aor, string(js)).Slice()
+	if err != nil {
+		return s.fail(what(), err)
+	}
+	switch {
+	case len(v) == 1 && v[0] == int64(1):
+		return nil
+	case len(v) == 1:
+		return fmt.Errorf("%w: jid %s", ErrNotFound, jid)
+	case len(v) == 2:
+		return notOwnAOR(jid, aor)
+	}
+	return fmt.Errorf("identity: redis %s: unexpected script reply %v", what(), v)
+}
+
+// Credential implements Store.
+func (s *RedisStore) Credential(ctx context.Context, aor string) (Credential, error) {
+	what := func() string { return fmt.Sprintf("get credential of %q", aor) }
+	if err := s.enter(ctx, what); err != nil {
+		return Credential{}, err
+	}
+	ctx, cancel := s.opctx(ctx)
+	defer cancel()
+	body, err := redisGetCred.Run(ctx, s.client, []string{s.revKey}, s.p, aor).Text()
+	if errors.Is(err, redis.Nil) {
+		return Credential{}, fmt.Errorf("%w: credential of %s", ErrNotFound, aor)
+	}
+	if err != nil {
+		return Credential{}, s.fail(what(), err)
+	}
+	var c Credential
+	if err := json.Unmarshal([]byte(body), &c); err != nil {
+		return Credential{}, fmt.Errorf("identity: redis %s: stored credential is not JSON", what())
+	}
+	return c, nil
+}
+
+// DeleteCredential implements Store.
+func (s *RedisStore) DeleteCredential(ctx context.Context, jid, aor string) error {
+	what := func() string { return fmt.Sprintf("delete credential of %q", aor) }
+	if err := s.enter(ctx, what); err != nil {
+		return err
+	}
+	ctx, cancel := s.opctx(ctx)
+	defer cancel()
+	n, err := redisDelCred.Run(ctx, s.client, []string{s.revKey}, s.p, jid, aor).Int()
+	if err != nil {
+		return s.fail(what(), err)
+	}
+	if n == 0 {
+		return fmt.Errorf("%w: credential of %s", ErrNotFound, aor)
+	}
+	return nil
 }
 
 // Ping implements Store.

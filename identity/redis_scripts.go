@@ -34,6 +34,12 @@ local function storedKeys(body)
   return out
 end
 
+-- dropCred deletes the digest credential of an index key "sip:{aor}"
+-- (other kinds have none).
+local function dropCred(p, k)
+  if string.sub(k, 1, 4) == 'sip:' then redis.call('DEL', p .. 'cred:' .. string.sub(k, 5)) end
+end
+
 local function withVersion(rev, js)
   return '{"version":' .. string.format('%d', rev) .. ',' .. string.sub(js, 2)
 end
@@ -101,7 +107,10 @@ local rev = redis.call('INCR', KEYS[1])
 local body = withVersion(rev, js)
 redis.call('SET', idk, body)
 for _, k in ipairs(stale) do
-  if redis.call('GET', p .. 'key:' .. k) == jid then redis.call('DEL', p .. 'key:' .. k) end
+  if redis.call('GET', p .. 'key:' .. k) == jid then
+    redis.call('DEL', p .. 'key:' .. k)
+    dropCred(p, k)
+  end
 end
 for i = 5, #ARGV do redis.call('SET', p .. 'key:' .. ARGV[i], jid) end
 redis.call('ZADD', p .. 'jids', 0, jid)
@@ -119,7 +128,10 @@ local keys = storedKeys(old)
 local rev = redis.call('INCR', KEYS[1])
 redis.call('DEL', idk)
 for _, k in ipairs(keys) do
-  if redis.call('GET', p .. 'key:' .. k) == jid then redis.call('DEL', p .. 'key:' .. k) end
+  if redis.call('GET', p .. 'key:' .. k) == jid then
+    redis.call('DEL', p .. 'key:' .. k)
+    dropCred(p, k)
+  end
 end
 redis.call('ZREM', p .. 'jids', jid)
 emit(p, rev, 'delete', jid, old, max)
@@ -200,4 +212,44 @@ redis.call('XTRIM', p .. 'log', 'MAXLEN', '~', max)
 redis.call('PUBLISH', p .. 'events',
   '{"rev":' .. string.format('%d', last) .. ',"op":"import","first":' .. string.format('%d', first) .. '}')
 return {1, last}
+`)
+
+// Digest credentials live in {prefix}cred:{aor} as JSON with the owner's
+// "jid". They are not identity writes: no revision, no log, no event.
+
+// redisSetCred: ARGV prefix, jid, aor, credential JSON (with jid). Returns
+// {1} when stored, {0} when the JID does not exist, {0, owner} when jid
+// does not own the AOR (owner "" if nobody does).
+var redisSetCred = redis.NewScript(`
+local p, jid, aor = ARGV[1], ARGV[2], ARGV[3]
+if redis.call('EXISTS', p .. 'id:' .. jid) == 0 then return {0} end
+local owner = redis.call('GET', p .. 'key:sip:' .. aor)
+if owner ~= jid then return {0, owner or ''} end
+redis.call('SET', p .. 'cred:' .. aor, ARGV[4])
+return {1}
+`)
+
+// redisGetCred: ARGV prefix, aor. Returns the credential JSON while the
+// JID it names still owns the AOR, else nil.
+var redisGetCred = redis.NewScript(`
+local p, aor = ARGV[1], ARGV[2]
+local v = redis.call('GET', p .. 'cred:' .. aor)
+if not v then return false end
+local ok, t = pcall(cjson.decode, v)
+if not ok or type(t) ~= 'table' then return false end
+if redis.call('GET', p .. 'key:sip:' .. aor) ~= t.jid then return false end
+return v
+`)
+
+// redisDelCred: ARGV prefix, jid, aor. Returns 1 when it deleted the
+// credential of aor owned by jid, else 0.
+var redisDelCred = redis.NewScript(`
+local p, jid, aor = ARGV[1], ARGV[2], ARGV[3]
+local v = redis.call('GET', p .. 'cred:' .. aor)
+if not v then return 0 end
+local ok, t = pcall(cjson.decode, v)
+if not ok or type(t) ~= 'table' or t.jid ~= jid then return 0 end
+if redis.call('GET', p .. 'key:sip:' .. aor) ~= jid then return 0 end
+redis.call('DEL', p .. 'cred:' .. aor)
+return 1
 `)

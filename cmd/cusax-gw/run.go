@@ -178,6 +178,9 @@ func newDaemon(cfg *config.Config, log *slog.Logger) (_ *daemon, err error) {
 		Advertise: cfg.SIP.Advertise,
 		UserAgent: "cusax-gw/" + version,
 		Bindings:  bindings,
+		// sip.auth local: digest against the identity store's credentials.
+		Auth:        cfg.SIP.Auth,
+		Credentials: d.dir,
 	}, log.With("subsystem", "sip"), b2bua.NewMetrics(d.reg))
 	if err != nil {
 		return nil, err
@@ -205,6 +208,7 @@ func newDaemon(cfg *config.Config, log *slog.Logger) (_ *daemon, err error) {
 		return admin.Status{State: state, Detail: detail}
 	})
 	api.Mount(d.admin, d.dir, log.With("subsystem", "api"))
+	api.MountCredentials(d.admin, d.dir, cfg.SIP.Domain, log.With("subsystem", "api"))
 	return d, nil
 }
 
