@@ -1,0 +1,383 @@
+//go:build linux
+
+// Command relaybench measures the media relay against rtpengine, side by
+// side in one run (issue 5; docs/benchmarks.md).
+//
+// It runs each system under test as its own process pinned to one core:
+// our relay (package rtprelay) once per engine, goroutine and epoll (the
+// harness re-executing itself in relay mode and driving rtprelay.Relay with
+// Offer/Answer over a pipe), rtpengine in userspace mode (--table=-1, one
+// thread, driven through rtprelay.NGClient), and "direct" (no relay: the
+// phones send to each other; the harness's own ceiling). The generator,
+// this process, is pinned to another core. Every call is two phones on
+// 127.0.0.1 sending paced 20 ms PCMA packets (50 packets/s per stream, as
+// rtpengine discards sockets that flood) through the relay to each other.
+//
+// For each run, load (streams; 50 packets/s each) and system, in an order
+// rotated every run, it prints delivered packets/s, loss, p50/p99 added
+// latency (send time in the payload to the kernel receive timestamp at the
+// other phone), the relay process's CPU per packet (/proc/<pid>/stat over
+// the measured window), its RSS and RSS growth per 1,000 calls, the
+// generator's CPU and late sends, and the load average. A summary with
+// medians, the ratio to rtpengine of the same run and the issue's targets
+// follows; the last line is
+//
+//	relay_cpu_per_packet_ratio_vs_rtpengine=R
+//
+// for the default engine (internal/config Default) at the load closest to
+// 50,000 packets/s.
+//
+// Usage:
+//
+//	go run ./bench/relaybench                 # 200,1000,2000 streams, 3 runs, 10 s windows
+//	go run ./bench/relaybench -quick          # seconds: 20 streams, 1 run
+//	scripts/relaybench.sh [flags]             # installs rtpengine first, then the same
+//
+// Linux only (taskset, /proc, SO_TIMESTAMPNS); loopback only.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"os/exec"
+	"os/signal"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/cusax-gw/cusax-gw/internal/config"
+)
+
+func main() {
+	if engine := os.Getenv(envRelay); engine != "" {
+		if err := relayChild(engine, os.Stdin, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		return
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "relaybench:", err)
+		os.Exit(1)
+	}
+}
+
+type options struct {
+	loads     []int
+	systems   []string
+	runs      int
+	duration  time.Duration
+	warmup    time.Duration
+	relayCPU  int
+	genCPU    int
+	pmin      int
+	pmax      int
+	rtpengine string
+	lanes     int
+	idleBelow float64       // wait for the machine to be less busy than this before each measurement
+	idleWait  time.Duration // at most this long
+	busyProbe time.Duration // how long the machine's busy fraction is sampled
+	engine    string        // the default engine, for the last line
+}
+
+func parseFlags(args []string, stderr io.Writer) (*options, error) {
+	fs := flag.NewFlagSet("relaybench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	quick := fs.Bool("quick", false, "a few seconds: 20 streams, 1 run, 0.5 s windows (overrides -loads, -runs, -duration, -warmup)")
+	loads := fs.String("loads", "200,1000,2000", "loads in streams of 50 packets/s (two streams per call)")
+	systems := fs.String("systems", "goroutine,epoll,rtpengine,direct", "systems to measure: goroutine, epoll (our relay's engines), rtpengine, direct (no relay)")
+	runs := fs.Int("runs", 3, "repetitions; systems are interleaved within each run")
+	duration := fs.Duration("duration", 10*time.Second, "measured window per run, load and system")
+	warmup := fs.Duration("warmup", 3*time.Second, "traffic before the window (latching, caches)")
+	relayCPU := fs.Int("relay-cpu", 0, "core the relay processes are pinned to (-1: no pinning)")
+	genCPU := fs.Int("gen-cpu", 1, "core the generator is pinned to (-1: no pinning)")
+	ports := fs.String("ports", "12000-19999", "RTP port range given to each relay (four ports per call)")
+	rtpe := fs.String("rtpengine", "rtpengine", "rtpengine binary")
+	idleBelow := fs.Float64("idle-below", 0, "before each measurement wait (up to -idle-wait) until the machine is less busy than this fraction of all CPUs; 0: do not wait")
+	idleWait := fs.Duration("idle-wait", 2*time.Minute, "longest wait for -idle-below")
+	lanes := fs.Int("lanes", 16, "generator sockets the phones share (sendmmsg/recvmmsg batches)")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	o := &options{runs: *runs, duration: *duration, warmup: *warmup, relayCPU: *relayCPU, genCPU: *genCPU, lanes: *lanes,
+		idleBelow: *idleBelow, idleWait: *idleWait, busyProbe: time.Second,
+		rtpengine: *rtpe, engine: config.Default().RTP.Engine}
+	if *quick {
+		*loads, o.runs, o.duration, o.warmup = "20", 1, 500*time.Millisecond, 200*time.Millisecond
+		o.busyProbe = 100 * time.Millisecond
+	}
+	for f := range strings.SplitSeq(*loads, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 2 || n%2 != 0 {
+			return nil, fmt.Errorf("-loads: %q is not an even number of streams >= 2", f)
+		}
+		o.loads = append(o.loads, n)
+	}
+	for f := range strings.SplitSeq(*systems, ",") {
+		switch f = strings.TrimSpace(f); f {
+		case "goroutine", "epoll", "rtpengine", "direct":
+			o.systems = append(o.systems, f)
+		default:
+			return nil, fmt.Errorf("-systems: unknown system %q", f)
+		}
+	}
+	if o.runs < 1 || o.duration <= 0 || o.warmup < 0 {
+		return nil, errors.New("-runs must be >= 1 and -duration positive")
+	}
+	var err error
+	if o.pmin, o.pmax, err = parsePorts(*ports); err != nil {
+		return nil, err
+	}
+	if need := 2 * slices.Max(o.loads); o.pmax-o.pmin+1 < need {
+		return nil, fmt.Errorf("-ports %s: %d streams need %d ports", *ports, slices.Max(o.loads), need)
+	}
+	if (o.relayCPU >= 0 || o.genCPU >= 0) && runtime.NumCPU() < 2 {
+		fmt.Fprintln(stderr, "relaybench: one CPU: not pinning")
+		o.relayCPU, o.genCPU = -1, -1
+	}
+	if slices.Contains(o.systems, "rtpengine") {
+		if o.rtpengine, err = exec.LookPath(o.rtpengine); err != nil {
+			return nil, fmt.Errorf("rtpengine not found (scripts/relaybench.sh installs it, or leave it out of -systems): %w", err)
+		}
+	}
+	if o.relayCPU >= 0 {
+		if _, err := exec.LookPath("taskset"); err != nil {
+			return nil, fmt.Errorf("taskset (util-linux) is needed to pin the relays (or -relay-cpu -1): %w", err)
+		}
+	}
+	return o, nil
+}
+
+// result is one measurement: one run of one system at one load.
+type result struct {
+	run, streams int
+	system       string
+	load         string  // /proc/loadavg before
+	busy         float64 // fraction of all CPUs busy just before (other programs)
+	sentPPS      float64 // packets/s sent by the generator in the window
+	delivered    float64 // packets/s sent in the window and received
+	loss         float64 // fraction of the window's packets not received
+	p50, p99     float64 // µs
+	cpuPerPkt    float64 // µs of relay CPU per delivered packet; NaN for direct
+	rss, rss0    int64   // relay RSS in the window and before the calls; 0 for direct
+	genCPU       float64 // generator CPU, fraction of a core
+	late         uint64  // generator sends more than 5 ms behind schedule
+}
+
+func (r *result) drssPer1k() float64 {
+	if r.rss == 0 {
+		return math.NaN()
+	}
+	return float64(r.rss-r.rss0) / float64(r.streams/2) * 1000
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	o, err := parseFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	raiseNofile()
+	if o.genCPU >= 0 {
+		if err := pinSelf(o.genCPU); err != nil {
+			return err
+		}
+	}
+	dir, err := os.MkdirTemp("", "relaybench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+
+	host, _ := os.Hostname()
+	fmt.Fprintf(stdout, "# relaybench %s: host %s, %d CPUs, %s/%s, %s; relay on cpu %d, generator on cpu %d\n",
+		time.Now().UTC().Format(time.RFC3339), host, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, runtime.Version(), o.relayCPU, o.genCPU)
+	fmt.Fprintf(stdout, "# loads (streams x 50 pps): %v; systems: %v; runs %d; window %v after %v warmup; default engine %s\n",
+		o.loads, o.systems, o.runs, o.duration, o.warmup, o.engine)
+	fmt.Fprintf(stdout, "%-3s %-6s %-9s %9s %9s %8s %7s %7s %8s %8s %9s %6s %5s %5s %s\n",
+		"run", "load", "system", "sent_pps", "deliv_pps", "loss%", "p50_us", "p99_us", "cpu_us/p", "rss_MB", "dRSS/1k", "gen%", "late", "busy%", "loadavg")
+	var results []*result
+	for r := 1; r <= o.runs; r++ {
+		for _, streams := range o.loads {
+			for j := range o.systems {
+				name := o.systems[(j+r-1)%len(o.systems)] // a different order each run
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+				res, err := measure(ctx, o, dir, name, streams)
+				if err != nil {
+					return fmt.Errorf("run %d, %d streams, %s: %w", r, streams, name, err)
+				}
+				res.run = r
+				results = append(results, res)
+				fmt.Fprintf(stdout, "%-3d %-6d %-9s %9.0f %9.0f %8.4f %7.0f %7.0f %8.2f %8.1f %9.2f %6.1f %5d %5.0f %s\n",
+					res.run, res.streams, res.system, res.sentPPS, res.delivered, 100*res.loss, res.p50, res.p99,
+					res.cpuPerPkt, float64(res.rss)/1e6, res.drssPer1k()/1e6, 100*res.genCPU, res.late, 100*res.busy, res.load)
+			}
+		}
+	}
+	return summarize(stdout, o, results)
+}
+
+// measure starts one system, sets up streams/2 calls through it, sends for
+// warmup+duration and returns what the window saw.
+func measure(ctx context.Context, o *options, dir, name string, streams int) (res *result, err error) {
+	res = &result{streams: streams, system: name, cpuPerPkt: math.NaN()}
+	for start := time.Now(); ; {
+		res.busy = machineBusy(o.busyProbe)
+		if o.idleBelow <= 0 || res.busy < o.idleBelow || time.Since(start) > o.idleWait || ctx.Err() != nil {
+			break
+		}
+	}
+	res.load = loadavg()
+	var sys system
+	switch name {
+	case "goroutine", "epoll":
+		sys, err = startOurRelay(name, o.relayCPU, o.pmin, o.pmax, dir)
+	case "rtpengine":
+		sys, err = startRtpengine(o.rtpengine, o.relayCPU, o.pmin, o.pmax, dir)
+	default:
+		sys = direct{}
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if cerr := sys.close(); cerr != nil && err == nil {
+			err = fmt.Errorf("stop %s: %w", name, cerr)
+		}
+	}()
+	pid := sys.pid()
+	if pid != 0 {
+		if res.rss0, err = procRSS(pid); err != nil {
+			return nil, err
+		}
+	}
+
+	g, err := newGenerator(streams/2, o.lanes)
+	if err != nil {
+		return nil, err
+	}
+	for i := range streams / 2 {
+		id := fmt.Sprintf("bench-%d@relaybench", i)
+		if err := setupCall(ctx, sys, id, g.phones[2*i], g.phones[2*i+1]); err != nil {
+			g.close()
+			return nil, fmt.Errorf("call %d: %w", i, err)
+		}
+	}
+
+	sendCtx, stopSend := context.WithCancel(ctx)
+	defer stopSend()
+	g.start(sendCtx)
+	defer func() {
+		stopSend()
+		g.close()
+	}()
+	if !sleep(ctx, o.warmup) {
+		return nil, ctx.Err()
+	}
+	var cpu0 int64
+	if pid != 0 {
+		if cpu0, err = procCPU(pid); err != nil {
+			return nil, err
+		}
+	}
+	gen0, t0 := selfCPU(), time.Now()
+	g.phase.Store(phaseMeasure)
+	if !sleep(ctx, o.duration) {
+		return nil, ctx.Err()
+	}
+	g.phase.Store(phaseDone)
+	window := time.Since(t0)
+	gen1 := selfCPU()
+	var cpu1 int64
+	if pid != 0 {
+		if cpu1, err = procCPU(pid); err != nil {
+			return nil, err
+		}
+		if res.rss, err = procRSS(pid); err != nil {
+			return nil, err
+		}
+	}
+	// Wait for the window's packets still in flight (or queued in a
+	// starved relay): until none arrived for 200 ms, at most 3 s.
+	for deadline, last := time.Now().Add(3*time.Second), uint64(0); time.Now().Before(deadline); {
+		if !sleep(ctx, 200*time.Millisecond) {
+			break
+		}
+		n := g.st.received.Load()
+		if n == last || n >= g.st.sent.Load() {
+			break
+		}
+		last = n
+	}
+	stopSend()
+
+	sent, got := g.st.sent.Load(), g.st.received.Load()
+	res.sentPPS = float64(sent) / window.Seconds()
+	res.delivered = float64(got) / window.Seconds()
+	if sent > 0 {
+		res.loss = max(0, float64(sent)-float64(got)) / float64(sent)
+	}
+	res.p50, res.p99 = g.st.quantile(0.50), g.st.quantile(0.99)
+	if pid != 0 && got > 0 {
+		res.cpuPerPkt = float64(cpu1-cpu0) / 1e3 / float64(got)
+	}
+	res.genCPU = float64(gen1-gen0) / float64(window)
+	res.late = g.st.late.Load()
+	return res, nil
+}
+
+// setupCall anchors call id through sys (offer from phone a, answer from
+// phone b) and points each phone at the relay port facing it.
+func setupCall(ctx context.Context, sys system, id string, a, b *phone) error {
+	m := sys.media()
+	if m == nil {
+		a.setDst(b.lane.addr)
+		b.setDst(a.lane.addr)
+		return nil
+	}
+	toB, err := m.Offer(ctx, id, "a-"+id, a.sdp("alice"))
+	if err != nil {
+		return fmt.Errorf("offer: %w", err)
+	}
+	toA, err := m.Answer(ctx, id, "b-"+id, b.sdp("bob"))
+	if err != nil {
+		return fmt.Errorf("answer: %w", err)
+	}
+	dstB, err := sdpAddr(toB)
+	if err != nil {
+		return err
+	}
+	dstA, err := sdpAddr(toA)
+	if err != nil {
+		return err
+	}
+	a.setDst(dstA)
+	b.setDst(dstB)
+	return nil
+}
+
+// sleep waits d or until ctx ends; it reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

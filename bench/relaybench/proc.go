@@ -1,0 +1,154 @@
+//go:build linux
+
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// clockTicks is USER_HZ, the unit of utime and stime in /proc/<pid>/stat;
+// 100 on every Linux architecture Go supports.
+const clockTicks = 100
+
+// procCPU returns the user+system CPU time of every thread of pid, in
+// nanoseconds (10 ms resolution).
+func procCPU(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name is in parentheses and may hold spaces: fields count
+	// from after the last ')'. utime and stime are fields 14 and 15.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("relaybench: /proc/%d/stat: no ')'", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("relaybench: /proc/%d/stat: %d fields", pid, len(f))
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("relaybench: /proc/%d/stat: utime %q stime %q", pid, f[11], f[12])
+	}
+	return (ut + st) * (1e9 / clockTicks), nil
+}
+
+// procRSS returns VmRSS of pid in bytes.
+func procRSS(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for l := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			f := strings.Fields(v)
+			if len(f) != 2 || f[1] != "kB" {
+				break
+			}
+			kb, err := strconv.ParseInt(f[0], 10, 64)
+			if err != nil {
+				break
+			}
+			return kb * 1024, nil
+		}
+	}
+	return 0, fmt.Errorf("relaybench: /proc/%d/status: no VmRSS", pid)
+}
+
+// selfCPU returns the CPU time (user+system) of this process in ns.
+func selfCPU() int64 {
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return ru.Utime.Nano() + ru.Stime.Nano()
+}
+
+// pinSelf binds every thread of this process to cpu. Threads created
+// later inherit the mask of the thread that creates them, so the whole
+// process stays there.
+func pinSelf(cpu int) error {
+	var set unix.CPUSet
+	set.Set(cpu)
+	ents, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		tid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if err := unix.SchedSetaffinity(tid, &set); err != nil && err != unix.ESRCH {
+			return fmt.Errorf("relaybench: sched_setaffinity(%d, cpu %d): %w", tid, cpu, err)
+		}
+	}
+	return nil
+}
+
+// loadavg returns the first three fields of /proc/loadavg.
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], "/")
+}
+
+// raiseNofile sets the soft open-file limit to the hard one. Calling
+// Setrlimit ourselves also makes children (rtpengine, the relay) inherit
+// it: Go restores the original soft limit in children unless the program
+// set it.
+func raiseNofile() {
+	var rl unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &rl) == nil {
+		rl.Cur = rl.Max
+		unix.Setrlimit(unix.RLIMIT_NOFILE, &rl)
+	}
+}
+
+// cpuTimes returns the busy and total jiffies of all CPUs (/proc/stat).
+func cpuTimes() (busy, total uint64) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0
+	}
+	l, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(l)
+	if len(f) < 5 || f[0] != "cpu" {
+		return 0, 0
+	}
+	for i, v := range f[1:] {
+		n, _ := strconv.ParseUint(v, 10, 64)
+		total += n
+		if i != 3 && i != 4 { // idle, iowait
+			busy += n
+		}
+	}
+	return busy, total
+}
+
+// machineBusy returns the fraction of all CPUs busy during d (everything
+// running on the machine: measured while the harness itself is idle).
+func machineBusy(d time.Duration) float64 {
+	b0, t0 := cpuTimes()
+	time.Sleep(d)
+	b1, t1 := cpuTimes()
+	if t1 <= t0 {
+		return nan
+	}
+	return float64(b1-b0) / float64(t1-t0)
+}
