@@ -33,6 +33,8 @@
 //   - A context that is already cancelled makes Get and Create fail with
 //     an error matching context.Canceled.
 //
+// Digest credentials have their own requirements: see credentials.go.
+//
 // The suite uses no sleeps for synchronisation; waits are guarded by a
 // generous timeout (Guard) that only turns a hang into a failure.
 package storetest
@@ -96,6 +98,12 @@ func Run(t *testing.T, open func(t *testing.T) identity.Store) {
 		{"Ping", testPing},
 		{"CancelledContext", testCancelled},
 		{"Closed", testClosed},
+		{"CredentialSetGet", testCredentialSetGet},
+		{"CredentialNotOwned", testCredentialNotOwned},
+		{"CredentialDeletedWithIdentity", testCredentialDeletedWithIdentity},
+		{"CredentialFreedByPut", testCredentialFreedByPut},
+		{"CredentialDelete", testCredentialDelete},
+		{"CredentialClosed", testCredentialClosed},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open) })
