@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
+	"encoding/xml"
 	"errors"
 	"fmt"
 	"io"
@@ -77,6 +79,11 @@ func probes(cfg *config.Config) []check.Probe {
 		ps = append(ps, check.Probe{Name: "rtp-ports", Run: func(context.Context) (string, error) { return probeRTPPorts(cfg) }})
 	}
 	ps = append(ps, check.Probe{Name: "xmpp", Run: func(ctx context.Context) (string, error) { return probeXMPP(ctx, cfg) }})
+	if addr := cfg.C2SAddr(); addr != "" {
+		ps = append(ps, check.Probe{Name: "tls", Run: func(ctx context.Context) (string, error) {
+			return probeTLSConsistency(ctx, cfg, addr)
+		}})
+	}
 	if cfg.UsesRedis() {
 		ps = append(ps, check.Probe{Name: "redis", Run: func(ctx context.Context) (string, error) { return probeRedis(ctx, cfg) }})
 	}
@@ -250,4 +257,153 @@ func unwrapOp(err error) error {
 		return op.Err
 	}
 	return err
+}
+
+// probeTLSConsistency compares the TLS of the two sides a CUSAX client
+// talks to: the SIP listeners and the XMPP server's client port. RFC 7081
+// section 5: a client that gets TLS on one side but not the other is open
+// to a downgrade (its SIP digest, caller identities and media keys in the
+// clear next to an encrypted chat, or the reverse). A mismatch is a
+// warning, not a failure: the operator may terminate TLS elsewhere (an SBC,
+// a TLS proxy), which this probe cannot see.
+func probeTLSConsistency(ctx context.Context, cfg *config.Config, c2s string) (string, error) {
+	var sipTLS, sipPlain []string
+	for _, l := range cfg.SIPListeners() {
+		if l.Network == "tls" || l.Network == "wss" {
+			sipTLS = append(sipTLS, l.Network+"://"+l.Addr)
+		} else {
+			sipPlain = append(sipPlain, l.Network+"://"+l.Addr)
+		}
+	}
+	mode, err := probeC2STLS(ctx, c2s, cfg.XMPP.Domain)
+	if err != nil {
+		return "", check.Warnf("cannot compare SIP and XMPP TLS: XMPP client port %s (xmpp.c2s): %v (set xmpp.c2s to the client port, or off)", c2s, err)
+	}
+	xmpp := fmt.Sprintf("XMPP clients at %s get %s", c2s, mode)
+	switch {
+	case mode.secure() && len(sipTLS) == 0:
+		return "", check.Warnf("downgrade risk (RFC 7081 section 5): %s, but sip.listen has no tls:// or wss:// listener, so the same clients send SIP (digest authentication, caller identity) in cleartext; add a tls:// listener (sip.tls.cert_file, key_file)", xmpp)
+	case !mode.secure() && len(sipTLS) > 0:
+		return "", check.Warnf("downgrade risk (RFC 7081 section 5): SIP offers TLS (%s), but %s, so the same clients log in to XMPP in cleartext; enable TLS on the XMPP server", strings.Join(sipTLS, " "), xmpp)
+	case mode.secure():
+		msg := fmt.Sprintf("SIP (%s) and XMPP both offer TLS; %s", strings.Join(sipTLS, " "), xmpp)
+		if len(sipPlain) > 0 {
+			msg += "; SIP also accepts cleartext on " + strings.Join(sipPlain, " ")
+		}
+		return msg, nil
+	}
+	return fmt.Sprintf("neither SIP nor XMPP offers TLS (%s): consistent, but safe only on a trusted network", xmpp), nil
+}
+
+// c2sTLS is how an XMPP server's client port offers TLS.
+type c2sTLS string
+
+const (
+	c2sPlain            c2sTLS = "no TLS"
+	c2sStartTLS         c2sTLS = "STARTTLS (optional)"
+	c2sStartTLSRequired c2sTLS = "STARTTLS (required)"
+	c2sDirectTLS        c2sTLS = "direct TLS"
+)
+
+func (m c2sTLS) secure() bool { return m != c2sPlain }
+
+const (
+	nsStreams = "http://etherx.jabber.org/streams"
+	nsTLS     = "urn:ietf:params:xml:ns:xmpp-tls"
+)
+
+// probeC2STLS opens a client stream (RFC 6120) to addr for domain and reads
+// the stream features: STARTTLS offered, required, or absent. When the port
+// does not speak XMPP in the clear, it tries a TLS handshake (direct TLS,
+// XEP-0368). It sends no credentials and closes the stream after the
+// features.
+func probeC2STLS(ctx context.Context, addr, domain string) (c2sTLS, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return "", unwrapOp(err)
+	}
+	mode, err := c2sFeatures(ctx, c, domain)
+	if err == nil || ctx.Err() != nil {
+		return mode, err
+	}
+	var se *streamError
+	if errors.As(err, &se) {
+		return "", err
+	}
+	// Not an XMPP stream in the clear: perhaps direct TLS. The handshake only
+	// tells whether TLS is spoken; whether clients trust the certificate is
+	// the XMPP server's business, so it is not verified here.
+	tc, terr := (&tls.Dialer{Config: &tls.Config{
+		ServerName: domain, InsecureSkipVerify: true, NextProtos: []string{"xmpp-client"},
+	}}).DialContext(ctx, "tcp", addr)
+	if terr != nil {
+		return "", fmt.Errorf("%w (and no TLS handshake either: %v)", err, unwrapOp(terr))
+	}
+	tc.Close()
+	return c2sDirectTLS, nil
+}
+
+// streamError is a <stream:error/> the server answered with.
+type streamError struct{ Condition string }
+
+func (e *streamError) Error() string { return "stream error " + e.Condition }
+
+// c2sFeatures sends a stream header on c and reads up to the end of the
+// stream features. It closes c.
+func c2sFeatures(ctx context.Context, c net.Conn, domain string) (c2sTLS, error) {
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	var to strings.Builder
+	if err := xml.EscapeText(&to, []byte(domain)); err != nil {
+		return "", err
+	}
+	if _, err := fmt.Fprintf(c, "<?xml version='1.0'?><stream:stream to='%s' version='1.0' xmlns='jabber:client' xmlns:stream='%s'>", to.String(), nsStreams); err != nil {
+		return "", err
+	}
+	dec := xml.NewDecoder(io.LimitReader(c, 1<<16))
+	depth := 0 // 1: inside stream, 2: inside features or error
+	var inFeatures, inError, starttls, required bool
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			if depth == 0 {
+				return "", fmt.Errorf("no XMPP stream: %w", err)
+			}
+			return "", fmt.Errorf("stream ended before its features: %w", err)
+		}
+		switch t := tok.(type) {
+		case xml.StartElement:
+			depth++
+			switch {
+			case depth == 1:
+				if t.Name.Space != nsStreams || t.Name.Local != "stream" {
+					return "", fmt.Errorf("no XMPP stream: got <%s>", t.Name.Local)
+				}
+			case depth == 2 && t.Name.Space == nsStreams && t.Name.Local == "features":
+				inFeatures = true
+			case depth == 2 && t.Name.Space == nsStreams && t.Name.Local == "error":
+				inError = true
+			case depth == 3 && inError:
+				return "", &streamError{Condition: t.Name.Local}
+			case depth == 3 && inFeatures && t.Name.Space == nsTLS && t.Name.Local == "starttls":
+				starttls = true
+			case depth == 4 && starttls && t.Name.Space == nsTLS && t.Name.Local == "required":
+				required = true
+			}
+		case xml.EndElement:
+			depth--
+			if depth == 1 && inFeatures {
+				_, _ = io.WriteString(c, "</stream:stream>")
+				switch {
+				case required:
+					return c2sStartTLSRequired, nil
+				case starttls:
+					return c2sStartTLS, nil
+				}
+				return c2sPlain, nil
+			}
+		}
+	}
 }

@@ -1,11 +1,13 @@
 // Package check runs the probes of `cusax-gw check`: small functions, one
 // per outside dependency (XMPP server, Redis, PBX, port ranges), that each
-// report pass or fail and why. Subsystems contribute probes; the command
-// runs them concurrently and prints one line per probe in a fixed order.
+// report pass, warn or fail and why. Subsystems contribute probes; the
+// command runs them concurrently and prints one line per probe in a fixed
+// order.
 package check
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -29,8 +31,26 @@ type Result struct {
 	Duration time.Duration
 }
 
-// OK reports whether the probe passed.
-func (r Result) OK() bool { return r.Err == nil }
+// OK reports whether the probe passed or only warned.
+func (r Result) OK() bool { return r.Err == nil || r.Warned() }
+
+// Warned reports whether the probe returned a *Warning.
+func (r Result) Warned() bool {
+	var w *Warning
+	return errors.As(r.Err, &w)
+}
+
+// Warning is what a probe returns for a condition the operator should see
+// that does not make the check fail: Print shows it as WARN and still
+// reports success.
+type Warning struct{ Msg string }
+
+func (w *Warning) Error() string { return w.Msg }
+
+// Warnf returns a *Warning with a formatted message.
+func Warnf(format string, args ...any) error {
+	return &Warning{Msg: fmt.Sprintf(format, args...)}
+}
 
 // Run runs every probe concurrently, each with its own timeout, and returns
 // the results in the order of probes. A probe that panics fails.
@@ -62,8 +82,8 @@ func Run(ctx context.Context, probes []Probe, timeout time.Duration) []Result {
 	return results
 }
 
-// Print writes one line per result ("PASS  name  detail" or "FAIL  name
-// error") and reports whether all passed.
+// Print writes one line per result ("PASS  name  detail", "WARN  name
+// warning" or "FAIL  name  error") and reports whether none failed.
 func Print(w io.Writer, results []Result) bool {
 	width := 0
 	for _, r := range results {
@@ -72,7 +92,10 @@ func Print(w io.Writer, results []Result) bool {
 	ok := true
 	for _, r := range results {
 		status, text := "PASS", r.Detail
-		if r.Err != nil {
+		switch {
+		case r.Warned():
+			status, text = "WARN", r.Err.Error()
+		case r.Err != nil:
 			status, text, ok = "FAIL", r.Err.Error(), false
 		}
 		text = strings.ReplaceAll(text, "\n", "; ")

@@ -64,7 +64,12 @@ type XMPP struct {
 	SecretFile  string `yaml:"secret_file"`
 	Domain      string `yaml:"domain"`
 	EjabberdAPI string `yaml:"ejabberd_api"`
-	Sync        Sync   `yaml:"sync"`
+	// C2S is the server's client-to-server address (host:port) that
+	// `cusax-gw check` probes for TLS, to compare with the SIP listeners
+	// (RFC 7081 section 5, downgrade); "" means the host of Server, port
+	// 5222; "off" skips the comparison. The daemon never connects there.
+	C2S  string `yaml:"c2s"`
+	Sync Sync   `yaml:"sync"`
 }
 
 // Sync configures what the component writes on the users' behalf.

@@ -40,6 +40,23 @@ func ParseSIPListener(s string) (SIPListener, error) {
 	return SIPListener{Network: scheme, Addr: addr}, nil
 }
 
+// C2SAddr returns the address `cusax-gw check` probes for the XMPP server's
+// client TLS (xmpp.c2s, by default the host of xmpp.server on port 5222),
+// or "" when xmpp.c2s is "off".
+func (c *Config) C2SAddr() string {
+	switch c.XMPP.C2S {
+	case "off":
+		return ""
+	case "":
+		host, _, err := net.SplitHostPort(c.XMPP.Server)
+		if err != nil {
+			return ""
+		}
+		return net.JoinHostPort(host, "5222")
+	}
+	return c.XMPP.C2S
+}
+
 // SIPListeners returns sip.listen parsed. Validate guarantees it succeeds.
 func (c *Config) SIPListeners() []SIPListener {
 	var out []SIPListener
@@ -145,6 +162,11 @@ func (c *Config) Validate() error {
 	if a := c.XMPP.EjabberdAPI; a != "" {
 		if u, err := url.Parse(a); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			bad("xmpp.ejabberd_api", "must be an http(s) URL such as http://127.0.0.1:5280/api, got %q", a)
+		}
+	}
+	if a := c.XMPP.C2S; a != "" && a != "off" {
+		if err := checkHostPort(a, true); err != nil {
+			bad("xmpp.c2s", "%v (or \"off\")", err)
 		}
 	}
 	oneOf("xmpp.sync.vcard", c.XMPP.Sync.VCard, "enforce", "fill", "off")
