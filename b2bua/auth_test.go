@@ -549,7 +549,6 @@ func (staticCreds) Credential(_ context.Context, aor string) (identity.Credentia
 	return c, err
 }
 
-
 // startLocalGateway runs a gateway in local auth mode in front of pbx.
 func startLocalGateway(t *testing.T, pbx string, creds Credentials) (*B2BUA, string) {
 	t.Helper()
