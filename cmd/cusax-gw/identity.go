@@ -30,6 +30,10 @@ configuration or CUSAX_ADMIN_TOKEN):
   rm   JID
   import FILE     CSV (jid,sip,tel,name; optional header; ';' between repeated values) or YAML
   export          YAML list on stdout, importable again
+  passwd -sip AOR [-file FILE] [-delete]
+                  set the SIP digest password of an AOR (sip.auth: local), read from
+                  the first line of stdin or FILE (never from the command line);
+                  -delete removes it
 `
 
 type stringList []string
@@ -42,9 +46,15 @@ type apiClient struct {
 	base  string
 	token string
 	http  *http.Client
+	stdin io.Reader // import -, passwd
 }
 
 func cmdIdentity(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+	return cmdIdentityIO(ctx, args, os.Stdin, stdout, stderr, getenv)
+}
+
+// cmdIdentityIO is cmdIdentity reading stdin from stdin.
+func cmdIdentityIO(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string) int {
 	fs := newFlagSet("identity", stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, identityUsage) }
 	cfgPath := fs.String("config", "", "configuration `file` (admin address and token)")
@@ -55,7 +65,7 @@ func cmdIdentity(ctx context.Context, args []string, stdout, stderr io.Writer, g
 		}
 		return exitUsage
 	}
-	c := &apiClient{http: &http.Client{Timeout: 5 * time.Minute}}
+	c := &apiClient{http: &http.Client{Timeout: 5 * time.Minute}, stdin: stdin}
 	switch {
 	case *adminURL != "":
 		u, err := url.Parse(*adminURL)
@@ -118,6 +128,8 @@ func cmdIdentity(ctx context.Context, args []string, stdout, stderr io.Writer, g
 			return usageErr(stderr, "export takes no arguments")
 		}
 		err = c.export(ctx, stdout)
+	case "passwd":
+		err = c.passwd(ctx, rest, stdout, stderr)
 	default:
 		return usageErr(stderr, fmt.Sprintf("unknown verb %q", verb))
 	}
@@ -326,7 +338,7 @@ func (c *apiClient) export(ctx context.Context, stdout io.Writer) error {
 }
 
 func (c *apiClient) importFile(ctx context.Context, path string, stdout io.Writer) error {
-	var r io.Reader = os.Stdin
+	r := c.stdin
 	name := "stdin"
 	if path != "-" {
 		f, err := os.Open(path)
@@ -366,4 +378,92 @@ func (c *apiClient) importFile(ctx context.Context, path string, stdout io.Write
 	}
 	fmt.Fprintf(stdout, "imported %d identities\n", out.Imported)
 	return nil
+}
+
+// passwd sets (or with -delete removes) the digest password of an AOR:
+// it finds the AOR's identity, then PUTs the password to its
+// credentials. The password comes from the first line of stdin or -file,
+// never from argv (which other users of the machine can read).
+func (c *apiClient) passwd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("identity passwd", stderr)
+	aor := fs.String("sip", "", "the SIP `AOR` whose password to set (required)")
+	file := fs.String("file", "", "read the password from the first line of `FILE` (default: stdin)")
+	del := fs.Bool("delete", false, "remove the AOR's password")
+	if code := parseFlags(fs, args); code >= 0 {
+		return fmt.Errorf("%w: passwd: bad flags", errUsage)
+	}
+	if *aor == "" {
+		return fmt.Errorf("%w: passwd: -sip is required", errUsage)
+	}
+	if *del && *file != "" {
+		return fmt.Errorf("%w: passwd: -delete takes no -file", errUsage)
+	}
+	var id wireIdentity
+	if err := c.do(ctx, "GET", "/api/v1/lookup?uri="+url.QueryEscape(*aor), nil, &id); err != nil {
+		return err
+	}
+	path := "/api/v1/identities/" + url.PathEscape(id.JID) + "/credentials"
+	if *del {
+		if err := c.do(ctx, "DELETE", path+"?sip="+url.QueryEscape(*aor), nil, nil); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "removed the password of %s (%s)\n", *aor, id.JID)
+		return nil
+	}
+	r, name := c.stdin, "stdin"
+	if *file != "" && *file != "-" {
+		f, err := os.Open(*file)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		r, name = f, *file
+	} else if f, ok := r.(*os.File); ok {
+		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
+			fmt.Fprintf(stderr, "password for %s (one line; it is echoed: pipe it in or use -file to avoid that): ", *aor)
+		}
+	}
+	pw, err := readPassword(r)
+	if err != nil {
+		return fmt.Errorf("passwd: %s: %w", name, err)
+	}
+	body := struct {
+		SIP      string `json:"sip"`
+		Password string `json:"password"`
+	}{*aor, pw}
+	if err := c.do(ctx, "PUT", path, body, nil); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "password set for %s (%s)\n", *aor, id.JID)
+	return nil
+}
+
+// readPassword returns the first line of r without its line break.
+func readPassword(r io.Reader) (string, error) {
+	buf := make([]byte, 0, 128)
+	one := make([]byte, 1)
+	for len(buf) <= identity.MaxPasswordLen {
+		n, err := r.Read(one)
+		if n == 1 {
+			if one[0] == '\n' {
+				break
+			}
+			buf = append(buf, one[0])
+			continue
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return "", err
+		}
+	}
+	if len(buf) > identity.MaxPasswordLen {
+		return "", fmt.Errorf("password longer than %d bytes", identity.MaxPasswordLen)
+	}
+	pw := strings.TrimSuffix(string(buf), "\r")
+	if pw == "" {
+		return "", errors.New("empty password")
+	}
+	return pw, nil
 }
