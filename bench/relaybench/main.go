@@ -173,8 +173,11 @@ type result struct {
 	p50, p99     float64 // µs
 	cpuPerPkt    float64 // µs of relay CPU per delivered packet; NaN for direct
 	rss, rss0    int64   // relay RSS in the window and before the calls; 0 for direct
+	rssGC        int64   // our relay's RSS after returning its garbage to the OS; 0 for others
 	genCPU       float64 // generator CPU, fraction of a core
 	late         uint64  // generator sends more than 5 ms behind schedule
+	relayDrops   uint64  // packets dropped by full receive queues of sockets in the relay's port range
+	genDrops     uint64  // the same for the generator's sockets
 }
 
 func (r *result) drssPer1k() float64 {
@@ -182,6 +185,15 @@ func (r *result) drssPer1k() float64 {
 		return math.NaN()
 	}
 	return float64(r.rss-r.rss0) / float64(r.streams/2) * 1000
+}
+
+// drssGCPer1k is drssPer1k after our relay returned its garbage to the OS
+// (debug.FreeOSMemory); NaN for rtpengine and direct.
+func (r *result) drssGCPer1k() float64 {
+	if r.rssGC == 0 {
+		return math.NaN()
+	}
+	return float64(r.rssGC-r.rss0) / float64(r.streams/2) * 1000
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -206,8 +218,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		time.Now().UTC().Format(time.RFC3339), host, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, runtime.Version(), o.relayCPU, o.genCPU)
 	fmt.Fprintf(stdout, "# loads (streams x 50 pps): %v; systems: %v; runs %d; window %v after %v warmup; default engine %s\n",
 		o.loads, o.systems, o.runs, o.duration, o.warmup, o.engine)
-	fmt.Fprintf(stdout, "%-3s %-6s %-9s %9s %9s %8s %7s %7s %8s %8s %9s %6s %5s %5s %s\n",
-		"run", "load", "system", "sent_pps", "deliv_pps", "loss%", "p50_us", "p99_us", "cpu_us/p", "rss_MB", "dRSS/1k", "gen%", "late", "busy%", "loadavg")
+	fmt.Fprintf(stdout, "%-3s %-6s %-9s %9s %9s %8s %7s %7s %8s %8s %9s %7s %6s %5s %5s %5s %5s %s\n",
+		"run", "load", "system", "sent_pps", "deliv_pps", "loss%", "p50_us", "p99_us", "cpu_us/p", "rss_MB", "dRSS/1k", "dRSSgc", "gen%", "late", "rdrop", "gdrop", "busy%", "loadavg")
 	var results []*result
 	for r := 1; r <= o.runs; r++ {
 		for _, streams := range o.loads {
@@ -222,9 +234,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 				}
 				res.run = r
 				results = append(results, res)
-				fmt.Fprintf(stdout, "%-3d %-6d %-9s %9.0f %9.0f %8.4f %7.0f %7.0f %8.2f %8.1f %9.2f %6.1f %5d %5.0f %s\n",
+				fmt.Fprintf(stdout, "%-3d %-6d %-9s %9.0f %9.0f %8.4f %7.0f %7.0f %8.2f %8.1f %9.2f %7.2f %6.1f %5d %5d %5d %5.0f %s\n",
 					res.run, res.streams, res.system, res.sentPPS, res.delivered, 100*res.loss, res.p50, res.p99,
-					res.cpuPerPkt, float64(res.rss)/1e6, res.drssPer1k()/1e6, 100*res.genCPU, res.late, 100*res.busy, res.load)
+					res.cpuPerPkt, float64(res.rss)/1e6, res.drssPer1k()/1e6, res.drssGCPer1k()/1e6, 100*res.genCPU, res.late, res.relayDrops, res.genDrops, 100*res.busy, res.load)
 			}
 		}
 	}
@@ -294,6 +306,7 @@ func measure(ctx context.Context, o *options, dir, name string, streams int) (re
 			return nil, err
 		}
 	}
+	drops0 := udpDrops()
 	gen0, t0 := selfCPU(), time.Now()
 	g.phase.Store(phaseMeasure)
 	if !sleep(ctx, o.duration) {
@@ -311,6 +324,14 @@ func measure(ctx context.Context, o *options, dir, name string, streams int) (re
 			return nil, err
 		}
 	}
+	if r, ok := sys.(*ourRelay); ok {
+		if _, err := r.do(ctlReq{Op: "gc"}); err != nil {
+			return nil, err
+		}
+		if res.rssGC, err = procRSS(pid); err != nil {
+			return nil, err
+		}
+	}
 	// Wait for the window's packets still in flight (or queued in a
 	// starved relay): until none arrived for 200 ms, at most 3 s.
 	for deadline, last := time.Now().Add(3*time.Second), uint64(0); time.Now().Before(deadline); {
@@ -323,7 +344,15 @@ func measure(ctx context.Context, o *options, dir, name string, streams int) (re
 		}
 		last = n
 	}
+	drops1 := udpDrops()
 	stopSend()
+	inRange := func(p uint16) bool { return int(p) >= o.pmin && int(p) <= o.pmax }
+	res.relayDrops = dropsIn(drops0, drops1, inRange)
+	lanes := map[uint16]bool{}
+	for _, l := range g.lanes {
+		lanes[l.addr.Port()] = true
+	}
+	res.genDrops = dropsIn(drops0, drops1, func(p uint16) bool { return lanes[p] })
 
 	sent, got := g.st.sent.Load(), g.st.received.Load()
 	res.sentPPS = float64(sent) / window.Seconds()

@@ -152,3 +152,37 @@ func machineBusy(d time.Duration) float64 {
 	}
 	return float64(b1-b0) / float64(t1-t0)
 }
+
+// udpDrops returns the receive-queue drops of the IPv4 UDP sockets on
+// 127.0.0.1 (/proc/net/udp), by local port.
+func udpDrops() map[uint16]uint64 {
+	b, err := os.ReadFile("/proc/net/udp")
+	if err != nil {
+		return nil
+	}
+	m := map[uint16]uint64{}
+	for l := range strings.Lines(string(b)) {
+		f := strings.Fields(l)
+		if len(f) < 13 || !strings.HasPrefix(f[1], "0100007F:") {
+			continue
+		}
+		port, err1 := strconv.ParseUint(strings.TrimPrefix(f[1], "0100007F:"), 16, 16)
+		drops, err2 := strconv.ParseUint(f[len(f)-1], 10, 64)
+		if err1 == nil && err2 == nil {
+			m[uint16(port)] += drops
+		}
+	}
+	return m
+}
+
+// dropsIn sums the growth of drops from before to after over the ports
+// for which in is true.
+func dropsIn(before, after map[uint16]uint64, in func(uint16) bool) uint64 {
+	var n uint64
+	for p, d := range after {
+		if in(p) && d > before[p] {
+			n += d - before[p]
+		}
+	}
+	return n
+}

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -48,7 +49,7 @@ const (
 // ctlReq and ctlResp are the control protocol between the harness and the
 // relay child, one JSON object per line each way.
 type ctlReq struct {
-	Op     string `json:"op"` // ping | offer | answer | delete
+	Op     string `json:"op"` // ping | offer | answer | delete | gc
 	CallID string `json:"call_id,omitempty"`
 	Tag    string `json:"tag,omitempty"`
 	SDP    []byte `json:"sdp,omitempty"`
@@ -96,6 +97,8 @@ func relayChild(engine string, stdin io.Reader, stdout io.Writer) error {
 			resp.SDP, err = r.Answer(ctx, q.CallID, q.Tag, q.SDP)
 		case "delete":
 			err = r.Delete(q.CallID)
+		case "gc": // return garbage to the OS, so RSS shows what is live
+			debug.FreeOSMemory()
 		default:
 			err = fmt.Errorf("unknown op %q", q.Op)
 		}
