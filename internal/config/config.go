@@ -160,7 +160,7 @@ func Default() *Config {
 			PortMin:   20000,
 			PortMax:   29999,
 			Timeout:   Duration(60 * time.Second),
-			Engine:    "goroutine",
+			Engine:    "epoll",
 			Backend:   "embedded",
 			Rtpengine: Rtpengine{NG: "127.0.0.1:22222"},
 		},
