@@ -2,6 +2,7 @@ package b2bua
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -36,6 +37,18 @@ type B2BUA struct {
 	draining atomic.Bool
 	serving  atomic.Bool
 
+	clients    map[string]*sipgo.Client // by listening network; set by Listen
+	clientAddr map[string]string        // advertised host:port per network
+
+	callKey [32]byte // derives B-leg Call-IDs
+	cps     *limiter
+	rate    *sourceLimiter
+	callsMu sync.Mutex
+	calls   map[string]*call // by media key
+	dialogs map[string]*leg  // by dialogKey
+	pending int              // admitted calls not yet in calls
+	idle    chan struct{}    // closed when the last call ends (Drain)
+
 	mu        sync.Mutex
 	udp       []net.PacketConn
 	listeners []struct {
@@ -47,10 +60,20 @@ type B2BUA struct {
 // New validates cfg and prepares the SIP stack; it binds nothing.
 func New(cfg Config, log *slog.Logger, m *Metrics) (*B2BUA, error) {
 	cfg.setDefaults()
-	if err := cfg.validate(); err != nil {
+	cfg.CallOptions.setDefaults()
+	if err := errors.Join(cfg.validate(), cfg.CallOptions.validate()); err != nil {
 		return nil, err
 	}
-	ua, err := sipgo.NewUA(sipgo.WithUserAgent(cfg.UserAgent), sipgo.WithUserAgenTLSConfig(cfg.TLS))
+	// Raised deliberately: an INVITE with a video offer, a few Vias and
+	// Record-Routes passes sipgo's default 1,300-byte refusal. Fragmented
+	// datagrams are better than calls failing; phones use TCP above that.
+	if sip.UDPMTUSize < 8192 {
+		sip.UDPMTUSize = 8192
+	}
+	var b *B2BUA
+	ua, err := sipgo.NewUA(sipgo.WithUserAgent(cfg.UserAgent), sipgo.WithUserAgenTLSConfig(cfg.TLS),
+		sipgo.WithUserAgentTransactionLayerOptions(sip.WithTransactionLayerUnhandledResponseHandler(
+			func(res *sip.Response) { b.onStrayResponse(res) })))
 	if err != nil {
 		return nil, fmt.Errorf("b2bua: %w", err)
 	}
@@ -59,22 +82,27 @@ func New(cfg Config, log *slog.Logger, m *Metrics) (*B2BUA, error) {
 		ua.Close()
 		return nil, fmt.Errorf("b2bua: %w", err)
 	}
-	b := &B2BUA{cfg: cfg, log: log, m: m, ua: ua, srv: srv, bindings: cfg.Bindings}
+	b = &B2BUA{cfg: cfg, log: log, m: m, ua: ua, srv: srv, bindings: cfg.Bindings,
+		cps: newLimiter(cfg.MaxCPS), rate: newSourceLimiter(cfg.RateLimit),
+		calls: map[string]*call{}, dialogs: map[string]*leg{}}
+	rand.Read(b.callKey[:])
 	if cfg.PBX != "" {
 		if b.pbx, err = parsePBX(cfg.PBX); err != nil {
 			ua.Close()
 			return nil, fmt.Errorf("b2bua: sip.pbx %q: %w", cfg.PBX, err)
 		}
 	}
-	srv.OnOptions(b.handle(b.onOptions))
+	srv.OnOptions(b.handle(b.onDialogMethod(b.onOptions)))
 	srv.OnRegister(b.handle(b.onRegister))
-	for _, method := range []sip.RequestMethod{sip.INVITE, sip.BYE, sip.SUBSCRIBE,
-		sip.NOTIFY, sip.REFER, sip.INFO, sip.MESSAGE, sip.UPDATE, sip.PRACK, sip.PUBLISH} {
-		srv.OnRequest(method, b.handle(b.onNotImplemented))
+	srv.OnInvite(b.handle(b.onInvite))
+	srv.OnBye(b.handle(b.onDialogMethod(func(req *sip.Request, tx sip.ServerTransaction) {
+		b.respond(tx, req, 481, "Call/Transaction Does Not Exist")
+	})))
+	for _, method := range []sip.RequestMethod{sip.SUBSCRIBE, sip.NOTIFY, sip.REFER, sip.INFO,
+		sip.MESSAGE, sip.UPDATE, sip.PRACK, sip.PUBLISH} {
+		srv.OnRequest(method, b.handle(b.onDialogMethod(b.onNotImplemented)))
 	}
-	srv.OnAck(func(req *sip.Request, tx sip.ServerTransaction) {
-		b.m.Requests.WithLabelValues(string(req.Method), "in").Inc()
-	})
+	srv.OnAck(b.onAck)
 	return b, nil
 }
 
@@ -109,6 +137,10 @@ func (b *B2BUA) Listen() error {
 		}
 	}
 	if err := b.setupPBXClientLocked(); err != nil {
+		b.closeLocked()
+		return fmt.Errorf("b2bua: %w", err)
+	}
+	if err := b.setupClientsLocked(); err != nil {
 		b.closeLocked()
 		return fmt.Errorf("b2bua: %w", err)
 	}
@@ -177,6 +209,7 @@ func (b *B2BUA) Run(ctx context.Context) error {
 				return nil
 			case <-t.C:
 				b.sweep(gctx)
+				b.rate.sweep(time.Now())
 			}
 		}
 	})
@@ -197,11 +230,39 @@ func (b *B2BUA) Run(ctx context.Context) error {
 }
 
 // Drain makes the gateway answer new INVITEs and REGISTERs with 503 and
-// Retry-After, then waits until the active calls have ended or ctx ends.
-// It reports how many calls were still active when it returned.
+// Retry-After, then waits until the active calls have ended or ctx ends;
+// then it hangs up the calls left (BYE on both legs). It reports how many
+// calls were still active when ctx ended (0 after a clean drain).
 func (b *B2BUA) Drain(ctx context.Context) int {
 	b.draining.Store(true)
-	return 0 // Calls arrive with the b2bua issue; none can be active yet.
+	n := b.waitIdle(ctx)
+	if n > 0 {
+		b.log.Warn("drain timeout: hanging up the calls left", "calls", n)
+		b.hangupAll(`SIP;cause=503;text="shutting down"`)
+	}
+	return n
+}
+
+// waitIdle waits until no call is active or being set up, or ctx ends; it
+// returns the number of calls then left.
+func (b *B2BUA) waitIdle(ctx context.Context) int {
+	for {
+		b.callsMu.Lock()
+		if b.pending+len(b.calls) == 0 {
+			b.callsMu.Unlock()
+			return 0
+		}
+		if b.idle == nil {
+			b.idle = make(chan struct{})
+		}
+		idle := b.idle
+		b.callsMu.Unlock()
+		select {
+		case <-idle:
+		case <-ctx.Done():
+			return b.ActiveCalls()
+		}
+	}
 }
 
 // Bindings returns the store of the registrations made through the
@@ -222,6 +283,11 @@ func (b *B2BUA) Ready() (bool, string) {
 func (b *B2BUA) handle(h func(*sip.Request, sip.ServerTransaction)) sipgo.RequestHandler {
 	return func(req *sip.Request, tx sip.ServerTransaction) {
 		b.m.Requests.WithLabelValues(string(req.Method), "in").Inc()
+		if b.rate != nil && !b.cfg.trusted(req.Source()) && !b.rate.allow(req.Source(), time.Now()) {
+			b.m.Rejected.WithLabelValues("rate_limit").Inc()
+			b.respond(tx, req, 503, "Service Unavailable", b.retryAfter())
+			return
+		}
 		defer func() {
 			if r := recover(); r != nil {
 				b.m.Panics.Inc()
@@ -247,11 +313,10 @@ func (b *B2BUA) respond(tx sip.ServerTransaction, req *sip.Request, code int, re
 	for _, h := range hdrs {
 		res.AppendHeader(h)
 	}
+	b.m.Responses.WithLabelValues(strconv.Itoa(code/100)+"xx", "out").Inc()
 	if err := tx.Respond(res); err != nil {
 		b.log.Debug("respond failed", "call_id", callID(req), "status", code, "err", err)
-		return
 	}
-	b.m.Responses.WithLabelValues(strconv.Itoa(code/100)+"xx", "out").Inc()
 }
 
 func (b *B2BUA) retryAfter() sip.Header {

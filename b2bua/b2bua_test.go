@@ -18,6 +18,10 @@ func TestMain(m *testing.M) {
 		// sipgo's transaction layer keeps timers for finished
 		// transactions alive until Timer J/K fire.
 		goleak.IgnoreAnyFunction("time.Sleep"),
+		// sipgo v1.7.3: a UDP connection a client creates while its
+		// UserAgent closes keeps its reader (seen ~1 in 15 runs of the
+		// call tests; never in one test alone).
+		goleak.IgnoreAnyFunction("github.com/emiago/sipgo/sip.(*TransportUDP).readUDPConnection"),
 	)
 }
 
@@ -75,8 +79,8 @@ func TestOptionsAndDrain(t *testing.T) {
 	if res := send(t, sip.OPTIONS, addr); res.StatusCode != 200 || res.GetHeader("Allow") == nil {
 		t.Errorf("OPTIONS = %d with Allow %v, want 200 with Allow", res.StatusCode, res.GetHeader("Allow"))
 	}
-	if res := send(t, sip.INVITE, addr); res.StatusCode != 501 {
-		t.Errorf("INVITE before calls exist = %d, want 501", res.StatusCode)
+	if res := send(t, sip.INVITE, addr); res.StatusCode != 503 {
+		t.Errorf("INVITE without sip.pbx = %d, want 503", res.StatusCode)
 	}
 	b.Drain(context.Background())
 	for _, m := range []sip.RequestMethod{sip.INVITE, sip.REGISTER, sip.OPTIONS} {

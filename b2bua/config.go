@@ -44,6 +44,8 @@ type Config struct {
 	PBXTimeout time.Duration
 	// Now is the clock used for binding expiry. Default time.Now.
 	Now func() time.Time
+	// CallOptions configures call bridging (call_config.go).
+	CallOptions
 
 	// Auth is who authenticates phones: "passthrough" (default; the PBX
 	// challenges, the gateway relays) or "local" (the gateway challenges
@@ -59,6 +61,11 @@ type Config struct {
 	// NonceLifetime is how long a digest nonce is accepted; an older one
 	// gets a new challenge with stale=true. Default 5 minutes.
 	NonceLifetime time.Duration
+	// DigestAlgorithms are the algorithms challenged (one challenge each,
+	// in this order: RFC 8760 clients take the first they support) and
+	// accepted: "SHA-256", "MD5". Default SHA-256 then MD5. Put MD5 first
+	// for phones that read only the first challenge and know only MD5.
+	DigestAlgorithms []string
 
 	// digest is the local-auth state New creates (nonces, replay cache).
 	digest *digestAuth

@@ -13,6 +13,7 @@ type Metrics struct {
 	Registrations prometheus.Gauge
 	Panics        prometheus.Counter
 	Auth          *prometheus.CounterVec // result (sip.auth: local)
+	Rejected      *prometheus.CounterVec // reason (admission control)
 }
 
 // NewMetrics creates the b2bua metrics and registers them with reg.
@@ -54,6 +55,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, r := range authResults {
 		m.Auth.WithLabelValues(r)
 	}
+	m.Rejected = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "cusax_sip_overload_rejected_total",
+		Help: "Requests answered 503 by admission control, by reason (max_calls|max_cps|rate_limit).",
+	}, []string{"reason"})
+	for _, r := range []string{"max_calls", "max_cps", "rate_limit"} {
+		m.Rejected.WithLabelValues(r)
+	}
+	reg.MustRegister(m.Rejected)
 	for _, a := range []string{"stamped", "stripped", "kept"} {
 		m.CallInfo.WithLabelValues(a)
 	}

@@ -136,6 +136,9 @@ func newDaemon(cfg *config.Config, log *slog.Logger) (_ *daemon, err error) {
 			Listen: listen, Advertise: advertise,
 			PortMin: cfg.RTP.PortMin, PortMax: cfg.RTP.PortMax, Timeout: cfg.RTP.Timeout.D(),
 			HoldTimeout: cfg.RTP.HoldTimeout.D(), Engine: cfg.RTP.Engine, Workers: cfg.RTP.Workers,
+			// Media timeout: the b2bua hangs up both legs. d.sip exists
+			// before any call, so before any timeout.
+			OnTimeout: func(callID string) { go d.sip.OnMediaTimeout(callID) },
 		}, rtpLog, rtpMetrics)
 		if err != nil {
 			return nil, err
@@ -178,6 +181,18 @@ func newDaemon(cfg *config.Config, log *slog.Logger) (_ *daemon, err error) {
 		Advertise: cfg.SIP.Advertise,
 		UserAgent: "cusax-gw/" + version,
 		Bindings:  bindings,
+		CallOptions: b2bua.CallOptions{
+			Media:       d.media,
+			Resolver:    callerResolver{dir: d.dir, timeout: 200 * time.Millisecond},
+			Trusted:     cfg.TrustedPrefixes(),
+			CallInfo:    cfg.SIP.CallInfo,
+			XMPPContact: cfg.SIP.XMPPContact,
+			MaxCalls:    cfg.SIP.MaxCalls,
+			MaxCPS:      cfg.SIP.MaxCPS,
+			RateLimit:   cfg.SIP.RateLimit,
+			MaxDuration: cfg.SIP.MaxDuration.D(),
+			RingTimeout: cfg.SIP.RingTimeout.D(),
+		},
 		// sip.auth local: digest against the identity store's credentials.
 		Auth:        cfg.SIP.Auth,
 		Credentials: d.dir,

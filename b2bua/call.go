@@ -1,0 +1,939 @@
+package b2bua
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cusax-gw/cusax-gw/rtprelay"
+	"github.com/emiago/sipgo/sip"
+)
+
+// Calls. A call is two dialogs: the A-leg, the INVITE the gateway received
+// (it is the UAS), and the B-leg, the INVITE it sent (the UAC). From a phone
+// the B-leg goes to sip.pbx; from a trusted peer (the PBX) toward a
+// gateway contact, to the phone's registered contact at the address it
+// registered from. Each call has exactly one teardown path, endCall.
+//
+// What crosses between legs is a whitelist (topology hiding): the B-leg
+// gets its own Call-ID, tags, Via and Contact; bodies and a fixed set of
+// headers are copied; SDP goes through the media relay.
+
+// call is one bridged call.
+type call struct {
+	id      string // the A-leg Call-ID, for logs
+	mediaID string // the key toward the media relay
+	origin  string // phone|pbx
+	a, b    *leg
+	start   time.Time
+	log     *slog.Logger
+
+	anchored atomic.Bool // media.Offer succeeded at least once
+
+	mu        sync.Mutex
+	answered  bool
+	reinvite  bool // an offer/answer exchange (re-INVITE, UPDATE) is in progress
+	endOnce   sync.Once
+	done      chan struct{}
+	maxTimer  *time.Timer
+	endResult string
+}
+
+// Results of cusax_calls_total.
+const (
+	resultAnswered  = "answered"
+	resultRejected  = "rejected"
+	resultCancelled = "cancelled"
+	resultFailed    = "failed"
+)
+
+// inviteHeaders are the request headers copied from the A-leg INVITE to the
+// B-leg INVITE (besides the body and its Content-Type).
+var inviteHeaders = []string{"Allow", "Accept", "Subject", "Priority", "Organization",
+	"User-Agent", "Call-Info", "Content-Disposition", "Content-Language", "Accept-Language",
+	"Allow-Events", "Session-ID"}
+
+// trustedInviteHeaders are copied only from a trusted peer.
+var trustedInviteHeaders = []string{"P-Asserted-Identity", "Privacy", "Alert-Info", "Referred-By"}
+
+// responseHeaders are copied from a B-leg response to the A-leg one.
+var responseHeaders = []string{"Allow", "Accept", "Warning", "Retry-After", "Reason",
+	"Unsupported", "WWW-Authenticate", "Proxy-Authenticate", "Call-Info", "Alert-Info",
+	"Content-Disposition", "Session-ID", "Server"}
+
+// inDialogHeaders are copied between legs on in-dialog requests.
+var inDialogHeaders = []string{"Event", "Subscription-State", "Refer-To", "Referred-By",
+	"Info-Package", "Content-Disposition", "Accept", "Allow", "Reason", "Subject", "Replaces"}
+
+// unsupportedExtensions are option tags the gateway removes from Supported
+// and refuses in Require (it implements neither reliable provisional
+// responses nor session timers; RFC 3261 section 8.2.2.3).
+func unsupportedExtension(tag string) bool {
+	switch strings.ToLower(strings.TrimSpace(tag)) {
+	case "", "replaces", "norefersub", "from-change", "histinfo":
+		return false
+	}
+	return true
+}
+
+// onInvite handles every INVITE: initial ones start a call, those with a To
+// tag are re-INVITEs of an existing dialog.
+func (b *B2BUA) onInvite(req *sip.Request, tx sip.ServerTransaction) {
+	if to := req.To(); to != nil && to.Params.Has("tag") {
+		b.onInDialog(req, tx)
+		return
+	}
+	b.newCall(req, tx)
+}
+
+func (b *B2BUA) newCall(req *sip.Request, tx sip.ServerTransaction) {
+	from, to, callid, cseq := req.From(), req.To(), req.CallID(), req.CSeq()
+	if from == nil || to == nil || callid == nil || cseq == nil {
+		b.respond(tx, req, 400, "Bad Request")
+		return
+	}
+	if b.draining.Load() {
+		b.respond(tx, req, 503, "Service Unavailable", b.retryAfter())
+		return
+	}
+	if b.pbxClient == nil {
+		b.respond(tx, req, 503, "Service Unavailable", sip.NewHeader("Warning", `399 cusax-gw "no sip.pbx configured"`))
+		return
+	}
+	contact, ok := sipContact(req)
+	if !ok {
+		b.respond(tx, req, 400, "Bad Request", sip.NewHeader("Warning", `399 cusax-gw "no SIP Contact"`))
+		return
+	}
+	mf := sip.MaxForwardsHeader(70)
+	if h := req.MaxForwards(); h != nil {
+		if h.Val() <= 1 {
+			b.respond(tx, req, 483, "Too Many Hops")
+			return
+		}
+		mf = sip.MaxForwardsHeader(h.Val() - 1)
+	}
+	for _, h := range req.GetHeaders("Require") {
+		var bad []string
+		for _, tag := range strings.Split(h.Value(), ",") {
+			if unsupportedExtension(tag) {
+				bad = append(bad, strings.TrimSpace(tag))
+			}
+		}
+		if len(bad) > 0 {
+			b.respond(tx, req, 420, "Bad Extension", sip.NewHeader("Unsupported", strings.Join(bad, ", ")))
+			return
+		}
+	}
+	trusted := b.cfg.trusted(req.Source())
+	origin := "phone"
+	if trusted {
+		origin = "pbx"
+	}
+	// Admission: concurrent calls, then calls per second.
+	if reason := b.admit(); reason != "" {
+		b.m.Calls.WithLabelValues(origin, resultRejected).Inc()
+		b.m.Rejected.WithLabelValues(reason).Inc()
+		b.respond(tx, req, 503, "Service Unavailable", b.retryAfter())
+		return
+	}
+	admitted := true
+	defer func() {
+		if admitted {
+			b.release()
+		}
+	}()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	var authAOR string
+	if !trusted {
+		aor, ok := b.authenticate(ctx, req, tx)
+		if !ok {
+			return // answered 401/407/403
+		}
+		authAOR = aor
+	}
+
+	// Where the B-leg goes.
+	bl := &leg{name: "b", localTag: newTag()}
+	target := *req.Recipient.Clone()
+	if !trusted {
+		bl.client, bl.contact, _ = b.clientFor(b.pbx.transport)
+		bl.dest, bl.transport = b.pbx.hostport, b.pbx.transport
+	} else {
+		bd, code, reason := b.route(ctx, req.Recipient)
+		if code != 0 {
+			b.m.Calls.WithLabelValues(origin, resultRejected).Inc()
+			b.respond(tx, req, code, reason)
+			return
+		}
+		if sip.ParseUri(bd.Contact, &target) != nil {
+			b.respond(tx, req, 480, "Temporarily Unavailable")
+			return
+		}
+		var ok bool
+		bl.client, bl.contact, ok = b.clientFor(bd.Transport)
+		if !ok {
+			b.respond(tx, req, 503, "Service Unavailable", b.retryAfter())
+			return
+		}
+		bl.dest, bl.transport = bd.Source, strings.ToUpper(bd.Transport)
+	}
+
+	c := &call{id: callid.Value(), origin: origin, start: time.Now(), done: make(chan struct{})}
+	al := &leg{name: "a", uas: true, call: c, localTag: newTag(), callID: callid.Value(),
+		remoteTag: tagOf(from.Params), local: *to.Address.Clone(), localName: to.DisplayName,
+		remote: *from.Address.Clone(), target: *contact.Address.Clone(),
+		routes: routeSet(req.GetHeaders("Record-Route")), dest: req.Source(), transport: req.Transport(),
+		remoteSeq: cseq.SeqNo, invite: req, inviteTx: tx, ackCh: make(chan *sip.Request, 4)}
+	bl.ackCh = make(chan *sip.Request, 4)
+	al.client, al.contact, _ = b.clientFor(req.Transport())
+	if al.client == nil {
+		b.respond(tx, req, 500, "Server Internal Error")
+		return
+	}
+	bl.call, c.a, c.b = c, al, bl
+	c.mediaID = c.id + "/" + al.localTag
+	c.log = b.log.With("call_id", c.id)
+
+	// The B-leg INVITE.
+	bl.callID = b.bLegCallID(callid.Value())
+	bl.local, bl.localName = *from.Address.Clone(), from.DisplayName
+	bl.remote, bl.target = *to.Address.Clone(), target
+	bl.cseq = cseq.SeqNo
+	breq := sip.NewRequest(sip.INVITE, target)
+	bfrom := &sip.FromHeader{DisplayName: from.DisplayName, Address: bl.local, Params: sip.NewParams()}
+	bfrom.Params.Add("tag", bl.localTag)
+	bto := &sip.ToHeader{DisplayName: to.DisplayName, Address: bl.remote, Params: sip.NewParams()}
+	bcid := sip.CallIDHeader(bl.callID)
+	breq.AppendHeader(bfrom)
+	breq.AppendHeader(bto)
+	breq.AppendHeader(&bcid)
+	breq.AppendHeader(&sip.CSeqHeader{SeqNo: cseq.SeqNo, MethodName: sip.INVITE})
+	breq.AppendHeader(&mf)
+	bc := bl.contact
+	breq.AppendHeader(&bc)
+	copyHeaders(req, breq, inviteHeaders...)
+	if trusted {
+		copyHeaders(req, breq, trustedInviteHeaders...)
+	}
+	if supported := filterSupported(req.GetHeaders("Supported")); supported != "" {
+		breq.AppendHeader(sip.NewHeader("Supported", supported))
+	}
+	if !trusted && b.cfg.Auth != "local" {
+		// Passthrough: the PBX authenticates the phone's INVITE.
+		copyHeaders(req, breq, "Authorization", "Proxy-Authorization")
+	}
+	if authAOR != "" {
+		breq.AppendHeader(sip.NewHeader("P-Asserted-Identity", "<"+authAOR+">"))
+	}
+	b.identify(c, req, breq, trusted, authAOR, bfrom)
+
+	// Media: the offer in the INVITE (or, without one, in the B-leg's 2xx).
+	offer := sdpBody(req)
+	if offer != nil {
+		sdp, err := b.offer(ctx, c, al, offer)
+		if err != nil {
+			b.m.Calls.WithLabelValues(origin, resultFailed).Inc()
+			b.rejectMedia(tx, req, c, err)
+			return
+		}
+		breq.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+		breq.SetBody(sdp)
+	} else {
+		breq.SetBody(nil)
+	}
+	breq.SetTransport(bl.transport)
+	breq.SetDestination(bl.dest)
+
+	// From here the call exists and ends only through endCall.
+	admitted = false
+	b.addCall(c)
+	c.log.Info("call start", "origin", origin, "from", aorOf(from.Address), "to", aorOf(to.Address),
+		"b_call_id", bl.callID)
+	if b.cfg.MaxDuration > 0 {
+		c.maxTimer = time.AfterFunc(b.cfg.MaxDuration, func() {
+			c.log.Info("maximum call duration reached", "max_duration", b.cfg.MaxDuration)
+			b.endCall(c, nil, resultAnswered, 0, `SIP;cause=200;text="maximum call duration"`)
+		})
+	}
+	b.bridgeInvite(ctx, c, req, tx, breq)
+}
+
+// bridgeInvite sends the B-leg INVITE, relays its responses to the A-leg
+// and returns once the A-leg has its final response (and, for a 2xx, its
+// ACK or the give-up time).
+func (b *B2BUA) bridgeInvite(ctx context.Context, c *call, req *sip.Request, tx sip.ServerTransaction, breq *sip.Request) {
+	bl := c.b
+	cancelled := make(chan struct{})
+	var cancelOnce sync.Once
+	tx.OnCancel(func(*sip.Request) { cancelOnce.Do(func() { close(cancelled) }) })
+
+	b.m.Requests.WithLabelValues("INVITE", "out").Inc()
+	btx, err := bl.client.TransactionRequest(ctx, breq)
+	if err != nil {
+		c.log.Warn("invite to b-leg failed", "peer", bl.dest, "err", err)
+		b.respondA(c, 503, "Service Unavailable", nil, nil, b.retryAfter())
+		b.endCall(c, nil, resultFailed, 503, "")
+		return
+	}
+	bl.mu.Lock()
+	bl.invite = breq
+	bl.mu.Unlock()
+	defer btx.Terminate()
+	// The B-leg's 2xx retransmissions (our ACK lost) are ACKed again.
+	btx.OnRetransmission(func(res *sip.Response) {
+		if res.IsSuccess() {
+			b.ack(bl, breq.CSeq().SeqNo, nil)
+		}
+	})
+
+	ring := time.NewTimer(b.cfg.RingTimeout)
+	defer ring.Stop()
+	cancelSent := false
+	sendCancel := func() {
+		if !cancelSent {
+			cancelSent = true
+			go b.cancelInvite(bl, breq)
+		}
+	}
+	for {
+		select {
+		case res := <-btx.Responses():
+			b.m.Responses.WithLabelValues(classOf(res.StatusCode), "in").Inc()
+			switch {
+			case res.StatusCode == 100:
+			case res.IsProvisional():
+				if cancelSent {
+					continue
+				}
+				b.relayProvisional(ctx, c, res)
+			case res.IsSuccess():
+				b.bAnswered(ctx, c, breq, res, cancelSent)
+				return
+			default:
+				if cancelSent {
+					// 487 to our CANCEL: the A-leg already has its 487.
+					b.endCall(c, nil, resultCancelled, 487, "")
+					return
+				}
+				b.respondA(c, res.StatusCode, res.Reason, res, nil)
+				b.endCall(c, nil, resultFor(res.StatusCode), res.StatusCode, "")
+				return
+			}
+		case <-cancelled:
+			// sipgo answered the CANCEL and the INVITE with 487 already.
+			cancelled = nil
+			c.log.Debug("caller cancelled")
+			sendCancel()
+		case <-ring.C:
+			c.log.Info("no answer within ring_timeout", "ring_timeout", b.cfg.RingTimeout)
+			b.respondA(c, 408, "Request Timeout", nil, nil)
+			sendCancel()
+			cancelled = nil
+		case <-btx.Done():
+			err := btx.Err()
+			code, reason := 503, "Service Unavailable"
+			if errors.Is(err, sip.ErrTransactionTimeout) {
+				code, reason = 408, "Request Timeout"
+			}
+			if cancelSent {
+				b.endCall(c, nil, resultCancelled, 487, "")
+				return
+			}
+			c.log.Warn("b-leg invite failed", "peer", bl.dest, "err", err)
+			b.respondA(c, code, reason, nil, nil)
+			b.endCall(c, nil, resultFailed, code, "")
+			return
+		}
+	}
+}
+
+// relayProvisional relays a 18x of the B-leg to the A-leg, with early
+// media anchored.
+func (b *B2BUA) relayProvisional(ctx context.Context, c *call, res *sip.Response) {
+	var body []byte
+	if sdp := sdpBody(res); sdp != nil {
+		var err error
+		if c.anchored.Load() {
+			body, err = b.answer(ctx, c, c.b, sdp)
+		} else if b.cfg.Media == nil {
+			body = sdp
+		}
+		if err != nil {
+			c.log.Info("early media sdp refused", "err", err)
+			body = nil
+		}
+	}
+	b.respondA(c, res.StatusCode, res.Reason, res, body)
+}
+
+// bAnswered handles the B-leg's 2xx: dialog state, ACK, media answer, 200
+// to the A-leg and the wait for the A-leg's ACK.
+func (b *B2BUA) bAnswered(ctx context.Context, c *call, breq *sip.Request, res *sip.Response, cancelSent bool) {
+	al, bl := c.a, c.b
+	bl.mu.Lock()
+	bl.remoteTag = tagOf(res.To().Params)
+	if ct, ok := responseContact(res); ok {
+		bl.target = ct
+	}
+	rr := routeSet(res.GetHeaders("Record-Route"))
+	slices.Reverse(rr)
+	bl.routes = rr
+	bl.confirmed = true
+	bl.mu.Unlock()
+	b.addDialog(bl)
+	seq := breq.CSeq().SeqNo
+
+	if cancelSent || al.inviteTx == nil || isDone(al.inviteTx) {
+		// The CANCEL/200 race: the B-leg answered after the caller left.
+		b.ack(bl, seq, nil)
+		b.endCall(c, nil, resultCancelled, 487, "")
+		return
+	}
+	c.mu.Lock()
+	c.answered = true
+	c.mu.Unlock()
+
+	// Media. Early offer (the A-leg INVITE had SDP): the 2xx answers, ACK
+	// the B-leg now. Late offer: the 2xx offers, the A-leg's ACK answers,
+	// and the B-leg's ACK carries that answer.
+	early := sdpBody(al.invite) != nil
+	sdp := sdpBody(res)
+	body := sdp
+	var err error
+	switch {
+	case sdp != nil && early:
+		body, err = b.answer(ctx, c, bl, sdp)
+	case sdp != nil:
+		body, err = b.offer(ctx, c, bl, sdp)
+	}
+	if err != nil {
+		c.log.Warn("b-leg sdp refused", "err", err)
+		b.ack(bl, seq, nil)
+		b.respondA(c, 488, "Not Acceptable Here", nil, nil)
+		b.endCall(c, nil, resultFailed, 488, `SIP;cause=488;text="bad sdp"`)
+		return
+	}
+	lateOffer := !early && sdp != nil
+	if !lateOffer {
+		b.ack(bl, seq, nil)
+	}
+
+	b.addDialog(al)
+	al.mu.Lock()
+	al.confirmed = true
+	al.mu.Unlock()
+	c.log.Info("call answered", "code", res.StatusCode)
+	ack := b.respond2xx(c, al, al.inviteTx, al.invite, res, body)
+	if ack == nil {
+		select {
+		case <-c.done: // ended meanwhile (BYE, timeout)
+			return
+		default:
+		}
+		c.log.Warn("no ACK from a-leg")
+		if lateOffer {
+			b.ack(bl, seq, nil)
+		}
+		b.endCall(c, nil, resultAnswered, 200, `SIP;cause=408;text="no ACK"`)
+		return
+	}
+	if lateOffer {
+		var abody []byte
+		if asdp := sdpBody(ack); asdp != nil {
+			if abody, err = b.answer(ctx, c, al, asdp); err != nil {
+				c.log.Warn("a-leg answer in ACK refused", "err", err)
+			}
+		}
+		b.ack(bl, seq, abody)
+	}
+}
+
+// respond2xx sends a 2xx for req on the A side of a leg pair and
+// retransmits it (unreliable transports) until the ACK arrives; it returns
+// the ACK, or nil after 64*T1 without one.
+func (b *B2BUA) respond2xx(c *call, l *leg, tx sip.ServerTransaction, req *sip.Request, bres *sip.Response, body []byte) *sip.Request {
+	res := b.responseFor(l, req, bres.StatusCode, bres.Reason, bres, body)
+	// Drain stale ACKs of an earlier exchange.
+	for len(l.ackCh) > 0 {
+		<-l.ackCh
+	}
+	seq := req.CSeq().SeqNo
+	if err := tx.Respond(res); err != nil {
+		c.log.Debug("respond 2xx failed", "err", err)
+	}
+	b.m.Responses.WithLabelValues(classOf(res.StatusCode), "out").Inc()
+	giveUp := time.NewTimer(64 * sip.T1)
+	defer giveUp.Stop()
+	interval := sip.T1
+	retrans := time.NewTimer(interval)
+	defer retrans.Stop()
+	if sip.IsReliable(req.Transport()) {
+		retrans.Stop()
+	}
+	for {
+		select {
+		case ack := <-l.ackCh:
+			if ack.CSeq().SeqNo == seq {
+				return ack
+			}
+		case <-retrans.C:
+			tx.Respond(res)
+			interval = min(2*interval, sip.T2)
+			retrans.Reset(interval)
+		case <-giveUp.C:
+			return nil
+		case <-c.done:
+			return nil
+		}
+	}
+}
+
+// respondA answers the A-leg's INVITE (non-2xx or provisional), copying
+// the whitelisted headers of the B-leg response bres when given.
+func (b *B2BUA) respondA(c *call, code int, reason string, bres *sip.Response, body []byte, extra ...sip.Header) {
+	res := b.responseFor(c.a, c.a.invite, code, reason, bres, body)
+	for _, h := range extra {
+		res.AppendHeader(h)
+	}
+	if err := c.a.inviteTx.Respond(res); err != nil {
+		c.log.Debug("respond failed", "status", code, "err", err)
+		return
+	}
+	b.m.Responses.WithLabelValues(classOf(code), "out").Inc()
+}
+
+// responseFor builds our response on leg l to req from a peer response.
+func (b *B2BUA) responseFor(l *leg, req *sip.Request, code int, reason string, bres *sip.Response, body []byte) *sip.Response {
+	res := sip.NewResponseFromRequest(req, code, reason, nil)
+	if to := res.To(); to != nil && code > 100 {
+		to.Params.Remove("tag")
+		to.Params.Add("tag", l.localTag)
+	}
+	if code > 100 && code < 300 {
+		ct := l.contact
+		res.AppendHeader(&ct)
+	}
+	if bres != nil {
+		copyHeaders(bres, res, responseHeaders...)
+		if code >= 300 && code < 400 {
+			for _, h := range bres.GetHeaders("Contact") {
+				res.AppendHeader(sip.HeaderClone(h))
+			}
+		}
+		if s := filterSupported(bres.GetHeaders("Supported")); s != "" {
+			res.AppendHeader(sip.NewHeader("Supported", s))
+		}
+	}
+	if res.GetHeader("Server") == nil {
+		res.AppendHeader(sip.NewHeader("Server", b.cfg.UserAgent))
+	}
+	if body != nil {
+		res.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+	}
+	res.SetBody(body)
+	return res
+}
+
+// rejectMedia answers a relay error on the A-leg's offer.
+func (b *B2BUA) rejectMedia(tx sip.ServerTransaction, req *sip.Request, c *call, err error) {
+	switch {
+	case errors.Is(err, rtprelay.ErrBadSDP):
+		c.log.Info("sdp refused", "err", err)
+		b.respond(tx, req, 488, "Not Acceptable Here", sip.NewHeader("Warning", `399 cusax-gw "unparseable SDP"`))
+	case errors.Is(err, rtprelay.ErrNoPorts):
+		c.log.Warn("no rtp ports", "err", err)
+		b.respond(tx, req, 503, "Service Unavailable", b.retryAfter())
+	default:
+		c.log.Error("media anchoring failed", "err", err)
+		b.respond(tx, req, 503, "Service Unavailable", b.retryAfter())
+	}
+}
+
+// offer and answer anchor SDP through the media relay (passthrough
+// without one).
+func (b *B2BUA) offer(ctx context.Context, c *call, from *leg, sdp []byte) ([]byte, error) {
+	if b.cfg.Media == nil {
+		return sdp, nil
+	}
+	out, err := b.cfg.Media.Offer(ctx, c.mediaID, from.name, sdp)
+	if err == nil {
+		c.anchored.Store(true)
+	}
+	return out, err
+}
+
+func (b *B2BUA) answer(ctx context.Context, c *call, from *leg, sdp []byte) ([]byte, error) {
+	if b.cfg.Media == nil {
+		return sdp, nil
+	}
+	return b.cfg.Media.Answer(ctx, c.mediaID, from.name, sdp)
+}
+
+// endCall is the one teardown path: it runs once per call, BYEs the
+// confirmed legs other than by (the leg whose BYE ended the call),
+// releases the media and records the result.
+func (b *B2BUA) endCall(c *call, by *leg, result string, code int, reason string) {
+	c.endOnce.Do(func() {
+		close(c.done)
+		if c.maxTimer != nil {
+			c.maxTimer.Stop()
+		}
+		c.mu.Lock()
+		if c.answered {
+			result = resultAnswered
+		}
+		c.endResult = result
+		c.mu.Unlock()
+		var wg sync.WaitGroup
+		for _, l := range []*leg{c.a, c.b} {
+			l.mu.Lock()
+			confirmed := l.confirmed
+			l.mu.Unlock()
+			if l != by && confirmed {
+				wg.Go(func() { b.bye(l, reason) })
+			}
+		}
+		wg.Wait()
+		if c.anchored.Load() {
+			if err := b.cfg.Media.Delete(c.mediaID); err != nil && !errors.Is(err, rtprelay.ErrNotFound) {
+				c.log.Warn("media delete failed", "err", err)
+			}
+		}
+		b.m.Calls.WithLabelValues(c.origin, result).Inc()
+		c.log.Info("call end", "result", result, "code", code, "duration", time.Since(c.start).Round(time.Millisecond).String())
+		b.removeCall(c) // last: wakes Drain
+	})
+}
+
+// OnMediaTimeout ends the call whose media relay key is mediaID (the relay's
+// media timeout): BYE on both legs.
+func (b *B2BUA) OnMediaTimeout(mediaID string) {
+	b.callsMu.Lock()
+	c := b.calls[mediaID]
+	b.callsMu.Unlock()
+	if c == nil {
+		return
+	}
+	c.log.Info("media timeout")
+	b.endCall(c, nil, resultFailed, 0, `SIP;cause=408;text="media timeout"`)
+}
+
+// route finds the phone binding a call from the PBX goes to.
+func (b *B2BUA) route(ctx context.Context, ruri sip.Uri) (Binding, int, string) {
+	if strings.HasPrefix(ruri.User, tokenPrefix) {
+		bd, err := b.bindings.ByToken(ctx, ruri.User)
+		if err == nil {
+			return bd, 0, ""
+		}
+		if errors.Is(err, ErrNotFound) {
+			return Binding{}, 480, "Temporarily Unavailable"
+		}
+		return Binding{}, 503, "Service Unavailable"
+	}
+	bs, err := b.bindings.ByAOR(ctx, aorOf(ruri))
+	if err != nil {
+		return Binding{}, 503, "Service Unavailable"
+	}
+	if len(bs) == 0 {
+		return Binding{}, 404, "Not Found"
+	}
+	// No forking: the most recently refreshed binding.
+	best := bs[0]
+	for _, bd := range bs[1:] {
+		if bd.Expires.After(best.Expires) {
+			best = bd
+		}
+	}
+	return best, 0, ""
+}
+
+// bLegCallID derives the B-leg Call-ID from the A-leg's, so that an
+// INVITE resent after a challenge keeps its Call-ID toward the PBX.
+func (b *B2BUA) bLegCallID(a string) string {
+	m := hmac.New(sha256.New, b.callKey[:])
+	m.Write([]byte(a))
+	return "cx" + hex.EncodeToString(m.Sum(nil)[:16])
+}
+
+// identify applies CONTRACT.md's identity rules to the B-leg INVITE: strip
+// impp claims from untrusted sources, stamp the caller's JID, keep a
+// trusted peer's claim only when nothing resolves.
+func (b *B2BUA) identify(c *call, req, breq *sip.Request, trusted bool, authAOR string, bfrom *sip.FromHeader) {
+	claims, removed := stripImpp(breq)
+	xmppContacts := 0
+	for _, h := range req.GetHeaders("Contact") {
+		if ch, ok := h.(*sip.ContactHeader); ok && strings.EqualFold(ch.Address.Scheme, "xmpp") {
+			xmppContacts++
+		}
+	}
+	if !trusted && removed+xmppContacts > 0 {
+		b.m.CallInfo.WithLabelValues("stripped").Add(float64(removed + xmppContacts))
+		c.logStrip(removed + xmppContacts)
+	}
+	var jid, name string
+	var ok bool
+	if b.cfg.Resolver != nil {
+		for _, uri := range callerURIs(req, trusted, authAOR) {
+			if jid, name, ok = b.cfg.Resolver.Resolve(uri); ok {
+				break
+			}
+		}
+	}
+	switch {
+	case b.cfg.CallInfo == "off":
+		if trusted {
+			for _, j := range claims {
+				stampImpp(breq, j)
+			}
+		}
+		return
+	case ok:
+		stampImpp(breq, jid)
+		b.m.CallInfo.WithLabelValues("stamped").Inc()
+		if bfrom.DisplayName == "" && name != "" {
+			bfrom.DisplayName = name
+		}
+	case trusted && len(claims) > 0:
+		jid = claims[0]
+		stampImpp(breq, jid)
+		b.m.CallInfo.WithLabelValues("kept").Inc()
+	default:
+		return
+	}
+	if b.cfg.XMPPContact {
+		addXMPPContact(breq, jid)
+	}
+}
+
+func (c *call) logStrip(n int) {
+	c.log.Info("impp claims stripped from untrusted source", "count", n)
+}
+
+// callerURIs lists the URIs that identify the caller, best first: the
+// authenticated AOR (local auth), P-Asserted-Identity values from a trusted
+// peer, then From.
+func callerURIs(req *sip.Request, trusted bool, authAOR string) []string {
+	var out []string
+	if authAOR != "" {
+		return append(out, authAOR)
+	}
+	if trusted {
+		for _, h := range req.GetHeaders("P-Asserted-Identity") {
+			for _, v := range splitList(h.Value()) {
+				if u := uriOf(v); u != "" {
+					out = append(out, u)
+				}
+			}
+		}
+	}
+	if f := req.From(); f != nil {
+		out = append(out, f.Address.String())
+	}
+	return out
+}
+
+// uriOf extracts the URI of a name-addr or addr-spec value.
+func uriOf(v string) string {
+	v = strings.TrimSpace(v)
+	if i := strings.IndexByte(v, '<'); i >= 0 {
+		j := strings.IndexByte(v[i:], '>')
+		if j < 0 {
+			return ""
+		}
+		return strings.TrimSpace(v[i+1 : i+j])
+	}
+	if i := strings.IndexByte(v, ';'); i >= 0 {
+		v = v[:i]
+	}
+	return v
+}
+
+// copyHeaders appends clones of src's headers with the given names to dst.
+func copyHeaders(src, dst sip.Message, names ...string) {
+	for _, name := range names {
+		for _, h := range src.GetHeaders(name) {
+			dst.AppendHeader(sip.HeaderClone(h))
+		}
+	}
+}
+
+// filterSupported joins the option tags of Supported headers minus the
+// extensions the gateway does not implement.
+func filterSupported(hs []sip.Header) string {
+	var keep []string
+	for _, h := range hs {
+		for _, tag := range strings.Split(h.Value(), ",") {
+			if t := strings.TrimSpace(tag); t != "" && !unsupportedExtension(t) {
+				keep = append(keep, t)
+			}
+		}
+	}
+	return strings.Join(keep, ", ")
+}
+
+// sdpBody returns the message's SDP body, or nil.
+func sdpBody(m interface {
+	Body() []byte
+	GetHeader(string) sip.Header
+}) []byte {
+	if m == nil {
+		return nil
+	}
+	body := m.Body()
+	if len(bytes.TrimSpace(body)) == 0 {
+		return nil
+	}
+	if ct := m.GetHeader("Content-Type"); ct != nil {
+		v := strings.ToLower(strings.TrimSpace(ct.Value()))
+		if i := strings.IndexByte(v, ';'); i >= 0 {
+			v = strings.TrimSpace(v[:i])
+		}
+		if v != "application/sdp" {
+			return nil
+		}
+	}
+	return body
+}
+
+func tagOf(p sip.HeaderParams) string {
+	t, _ := p.Get("tag")
+	return t
+}
+
+// responseContact returns the SIP Contact URI of a response.
+func responseContact(res *sip.Response) (sip.Uri, bool) {
+	for _, h := range res.GetHeaders("Contact") {
+		if c, ok := h.(*sip.ContactHeader); ok && (strings.EqualFold(c.Address.Scheme, "sip") || strings.EqualFold(c.Address.Scheme, "sips")) {
+			return *c.Address.Clone(), true
+		}
+	}
+	return sip.Uri{}, false
+}
+
+func isDone(tx sip.Transaction) bool {
+	select {
+	case <-tx.Done():
+		return true
+	default:
+		return false
+	}
+}
+
+// resultFor maps a final B-leg status to cusax_calls_total's result.
+func resultFor(code int) string {
+	switch {
+	case code == 487:
+		return resultCancelled
+	case code == 408 || code >= 500 && code < 600 && code != 503 && code != 600:
+		return resultFailed
+	default:
+		return resultRejected
+	}
+}
+
+// Call table and admission.
+
+// admit reserves a call slot, or returns the limit that refused it.
+func (b *B2BUA) admit() string {
+	b.callsMu.Lock()
+	defer b.callsMu.Unlock()
+	if b.cfg.MaxCalls > 0 && b.pending+len(b.calls) >= b.cfg.MaxCalls {
+		return "max_calls"
+	}
+	if !b.cps.allow(time.Now()) {
+		return "max_cps"
+	}
+	b.pending++
+	return ""
+}
+
+// release gives back a slot admit reserved for a call that never started.
+func (b *B2BUA) release() {
+	b.callsMu.Lock()
+	b.pending--
+	b.signalIdleLocked()
+	b.callsMu.Unlock()
+}
+
+// signalIdleLocked wakes Drain when no call is left.
+func (b *B2BUA) signalIdleLocked() {
+	if b.pending+len(b.calls) == 0 && b.idle != nil {
+		close(b.idle)
+		b.idle = nil
+	}
+}
+
+func (b *B2BUA) addCall(c *call) {
+	b.callsMu.Lock()
+	b.pending--
+	b.calls[c.mediaID] = c
+	b.callsMu.Unlock()
+	b.addDialog(c.a)
+	b.m.CallsActive.Inc()
+}
+
+func (b *B2BUA) removeCall(c *call) {
+	b.callsMu.Lock()
+	delete(b.calls, c.mediaID)
+	delete(b.dialogs, c.a.key())
+	if c.b.localTag != "" {
+		delete(b.dialogs, c.b.key())
+	}
+	b.m.CallsActive.Dec()
+	b.signalIdleLocked()
+	b.callsMu.Unlock()
+}
+
+func (b *B2BUA) addDialog(l *leg) {
+	b.callsMu.Lock()
+	if _, live := b.calls[l.call.mediaID]; live {
+		b.dialogs[l.key()] = l
+	}
+	b.callsMu.Unlock()
+}
+
+// dialogFor finds the leg of an in-dialog request.
+func (b *B2BUA) dialogFor(req *sip.Request) *leg {
+	callid, to := req.CallID(), req.To()
+	if callid == nil || to == nil {
+		return nil
+	}
+	b.callsMu.Lock()
+	defer b.callsMu.Unlock()
+	return b.dialogs[dialogKey(callid.Value(), tagOf(to.Params))]
+}
+
+// ActiveCalls returns the number of calls in progress.
+func (b *B2BUA) ActiveCalls() int {
+	b.callsMu.Lock()
+	defer b.callsMu.Unlock()
+	return len(b.calls)
+}
+
+// hangupAll ends every call (BYE on both legs).
+func (b *B2BUA) hangupAll(reason string) {
+	b.callsMu.Lock()
+	cs := make([]*call, 0, len(b.calls))
+	for _, c := range b.calls {
+		cs = append(cs, c)
+	}
+	b.callsMu.Unlock()
+	var wg sync.WaitGroup
+	for _, c := range cs {
+		wg.Go(func() { b.endCall(c, nil, resultAnswered, 0, reason) })
+	}
+	wg.Wait()
+}

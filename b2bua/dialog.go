@@ -1,0 +1,350 @@
+package b2bua
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+)
+
+// A leg is one of the two dialogs of a bridged call, as the gateway sees
+// it: the A-leg, where the gateway is the UAS (the incoming INVITE), or
+// the B-leg, where it is the UAC (the INVITE it sent). Requests the
+// gateway sends inside the dialog are built here (RFC 3261 section 12.2.1);
+// every one goes to the leg's fixed next hop (dest over transport): for a
+// phone its source address (NAT), for the PBX the configured sip.pbx.
+type leg struct {
+	call *call
+	name string // "a" or "b": also the leg's tag toward the media relay
+	uas  bool   // the gateway answered this leg's INVITE
+
+	client    *sipgo.Client
+	dest      string // host:port every request of the leg is sent to
+	transport string // UDP, TCP, TLS, WS, WSS
+
+	callID    string
+	localTag  string
+	remoteTag string
+	local     sip.Uri // our From URI in requests we send
+	localName string
+	remote    sip.Uri // their URI (our To in requests we send)
+	target    sip.Uri // their Contact: the Request-URI of our requests
+	routes    []sip.Uri
+	contact   sip.ContactHeader // ours
+
+	mu        sync.Mutex
+	cseq      uint32 // last CSeq we sent
+	remoteSeq uint32 // last CSeq they sent
+	invite    *sip.Request
+	inviteTx  sip.ServerTransaction // A-leg: the initial INVITE
+	ackCh     chan *sip.Request     // A-leg: ACKs of our 2xx
+	confirmed bool                  // a 2xx was sent/received and ACKed/ACKed
+}
+
+// key is the dialog's key in the gateway's table: Call-ID and our tag,
+// which is the To tag of every request the peer sends inside the dialog.
+func (l *leg) key() string { return dialogKey(l.callID, l.localTag) }
+
+func dialogKey(callID, localTag string) string { return callID + "\x00" + localTag }
+
+// newTag returns a random tag (RFC 3261 section 19.3: 32 bits of
+// randomness at least).
+func newTag() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// other returns the leg's peer leg.
+func (l *leg) other() *leg {
+	if l == l.call.a {
+		return l.call.b
+	}
+	return l.call.a
+}
+
+// request builds an in-dialog request (RFC 3261 section 12.2.1.1).
+func (l *leg) request(method sip.RequestMethod) *sip.Request {
+	req := sip.NewRequest(method, *l.target.Clone())
+	for _, r := range l.routes {
+		req.AppendHeader(&sip.RouteHeader{Address: *r.Clone()})
+	}
+	from := &sip.FromHeader{DisplayName: l.localName, Address: *l.local.Clone(), Params: sip.NewParams()}
+	from.Params.Add("tag", l.localTag)
+	to := &sip.ToHeader{Address: *l.remote.Clone(), Params: sip.NewParams()}
+	if l.remoteTag != "" {
+		to.Params.Add("tag", l.remoteTag)
+	}
+	callid := sip.CallIDHeader(l.callID)
+	l.mu.Lock()
+	if method != sip.ACK && method != sip.CANCEL {
+		l.cseq++
+	}
+	seq := l.cseq
+	l.mu.Unlock()
+	mf := sip.MaxForwardsHeader(70)
+	req.AppendHeader(from)
+	req.AppendHeader(to)
+	req.AppendHeader(&callid)
+	req.AppendHeader(&sip.CSeqHeader{SeqNo: seq, MethodName: method})
+	req.AppendHeader(&mf)
+	if method != sip.BYE && method != sip.CANCEL && method != sip.ACK {
+		c := l.contact
+		req.AppendHeader(&c)
+	}
+	req.SetTransport(l.transport)
+	req.SetDestination(l.dest)
+	return req
+}
+
+// send sends an in-dialog request (not ACK) and returns its transaction.
+func (b *B2BUA) send(ctx context.Context, l *leg, req *sip.Request) (sip.ClientTransaction, error) {
+	b.m.Requests.WithLabelValues(string(req.Method), "out").Inc()
+	return l.client.TransactionRequest(ctx, req)
+}
+
+// finalResponse waits for the final response of tx.
+func (b *B2BUA) finalResponse(ctx context.Context, tx sip.ClientTransaction) (*sip.Response, error) {
+	for {
+		select {
+		case res := <-tx.Responses():
+			b.m.Responses.WithLabelValues(classOf(res.StatusCode), "in").Inc()
+			if res.IsProvisional() {
+				continue
+			}
+			return res, nil
+		case <-tx.Done():
+			if err := tx.Err(); err != nil {
+				return nil, err
+			}
+			return nil, errors.New("transaction ended without a final response")
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// bye ends the leg's dialog with a BYE and waits (bounded) for its answer.
+func (b *B2BUA) bye(l *leg, reason string) {
+	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.ByeTimeout)
+	defer cancel()
+	req := l.request(sip.BYE)
+	if reason != "" {
+		req.AppendHeader(sip.NewHeader("Reason", reason))
+	}
+	tx, err := b.send(ctx, l, req)
+	if err != nil {
+		b.log.Debug("bye failed", "call_id", l.call.id, "leg", l.name, "err", err)
+		return
+	}
+	defer tx.Terminate()
+	if _, err := b.finalResponse(ctx, tx); err != nil {
+		b.log.Debug("bye unanswered", "call_id", l.call.id, "leg", l.name, "err", err)
+	}
+}
+
+// ack sends the ACK of a 2xx on a B-leg (a new transaction: RFC 3261
+// section 13.2.2.4), with body when the INVITE carried no offer.
+func (b *B2BUA) ack(l *leg, seq uint32, body []byte) {
+	req := l.request(sip.ACK)
+	req.CSeq().SeqNo = seq
+	if body != nil {
+		req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+		req.SetBody(body)
+	}
+	b.m.Requests.WithLabelValues("ACK", "out").Inc()
+	if err := l.client.WriteRequest(req); err != nil {
+		b.log.Debug("ack failed", "call_id", l.call.id, "leg", l.name, "err", err)
+	}
+}
+
+// cancelInvite sends a CANCEL for the pending INVITE req (RFC 3261 section
+// 9.1: same Request-URI, Call-ID, From, To, CSeq number and top Via).
+func (b *B2BUA) cancelInvite(l *leg, req *sip.Request) {
+	c := sip.NewRequest(sip.CANCEL, *req.Recipient.Clone())
+	c.AppendHeader(sip.HeaderClone(req.Via()))
+	for _, h := range req.GetHeaders("Route") {
+		c.AppendHeader(sip.HeaderClone(h))
+	}
+	c.AppendHeader(sip.HeaderClone(req.From()))
+	c.AppendHeader(sip.HeaderClone(req.To()))
+	c.AppendHeader(sip.HeaderClone(req.CallID()))
+	c.AppendHeader(&sip.CSeqHeader{SeqNo: req.CSeq().SeqNo, MethodName: sip.CANCEL})
+	mf := sip.MaxForwardsHeader(70)
+	c.AppendHeader(&mf)
+	c.SetTransport(req.Transport())
+	c.SetDestination(req.Destination())
+	c.Laddr = req.Laddr
+	c.SetBody(nil)
+	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.ByeTimeout)
+	defer cancel()
+	b.m.Requests.WithLabelValues("CANCEL", "out").Inc()
+	tx, err := l.client.TransactionRequest(ctx, c, func(*sipgo.Client, *sip.Request) error { return nil })
+	if err != nil {
+		b.log.Debug("cancel failed", "call_id", l.call.id, "err", err)
+		return
+	}
+	defer tx.Terminate()
+	b.finalResponse(ctx, tx)
+}
+
+// routeSet returns the URIs of the Record-Route headers of msg, in order.
+func routeSet(hdrs []sip.Header) []sip.Uri {
+	var out []sip.Uri
+	for _, h := range hdrs {
+		switch rr := h.(type) {
+		case *sip.RecordRouteHeader:
+			out = append(out, *rr.Address.Clone())
+		default:
+			for _, v := range splitList(h.Value()) {
+				var u sip.Uri
+				v = strings.TrimSpace(v)
+				v = strings.TrimSuffix(strings.TrimPrefix(v, "<"), ">")
+				if i := strings.IndexByte(v, '>'); i >= 0 {
+					v = v[:i]
+				}
+				if sip.ParseUri(v, &u) == nil {
+					out = append(out, u)
+				}
+			}
+		}
+	}
+	return out
+}
+
+// splitList splits a header value on commas outside <> and quotes.
+func splitList(s string) []string {
+	var out []string
+	depth, quoted, start := 0, false, 0
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '\\' && quoted:
+			i++
+		case c == '"':
+			quoted = !quoted
+		case c == '<' && !quoted:
+			depth++
+		case c == '>' && !quoted && depth > 0:
+			depth--
+		case c == ',' && !quoted && depth == 0:
+			out = append(out, s[start:i])
+			start = i + 1
+		}
+	}
+	return append(out, s[start:])
+}
+
+func classOf(code int) string { return strconv.Itoa(code/100) + "xx" }
+
+// setupClientsLocked prepares one SIP client per listening network, each
+// sending from its listener (UDP from the listening socket) with the
+// gateway's advertised host in Via and Contact. The PBX client of the
+// registration passthrough is reused for its network.
+func (b *B2BUA) setupClientsLocked() error {
+	b.clients = map[string]*sipgo.Client{}
+	if b.pbxClient != nil {
+		b.clients[strings.ToLower(b.pbx.transport)] = b.pbxClient
+	}
+	add := func(network, laddr string) error {
+		if _, ok := b.clients[network]; ok {
+			return nil
+		}
+		host, portStr, err := net.SplitHostPort(laddr)
+		if err != nil {
+			return err
+		}
+		port, _ := strconv.Atoi(portStr)
+		adv := b.gwHost
+		if adv == "" {
+			adv = b.cfg.Advertise
+		}
+		if adv == "" {
+			adv = host
+			if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+				adv = "127.0.0.1"
+			}
+		}
+		opts := []sipgo.ClientOption{
+			sipgo.WithClientHostname(adv), sipgo.WithClientPort(port),
+			sipgo.WithClientLogger(b.log.With("component", "sipgo")),
+		}
+		if network == "udp" {
+			opts = append(opts, sipgo.WithClientConnectionAddr(laddr))
+		}
+		c, err := sipgo.NewClient(b.ua, opts...)
+		if err != nil {
+			return fmt.Errorf("client for %s: %w", network, err)
+		}
+		b.clients[network] = c
+		b.clientAddr[network] = net.JoinHostPort(adv, portStr)
+		return nil
+	}
+	b.clientAddr = map[string]string{}
+	if b.pbxClient != nil {
+		b.clientAddr[strings.ToLower(b.pbx.transport)] = net.JoinHostPort(b.gwHost, strconv.Itoa(b.gwPort))
+	}
+	for _, c := range b.udp {
+		if err := add("udp", c.LocalAddr().String()); err != nil {
+			return err
+		}
+	}
+	for _, l := range b.listeners {
+		if err := add(l.network, l.ln.Addr().String()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// clientFor returns the client and our contact for a transport.
+func (b *B2BUA) clientFor(transport string) (*sipgo.Client, sip.ContactHeader, bool) {
+	network := strings.ToLower(transport)
+	c, ok := b.clients[network]
+	if !ok {
+		return nil, sip.ContactHeader{}, false
+	}
+	host, portStr, _ := net.SplitHostPort(b.clientAddr[network])
+	port, _ := strconv.Atoi(portStr)
+	u := sip.Uri{Scheme: "sip", Host: host, Port: port, UriParams: sip.NewParams()}
+	if network != "udp" {
+		u.UriParams.Add("transport", network)
+	}
+	if network == "tls" || network == "wss" {
+		u.Scheme = "sips"
+		if network == "tls" {
+			u.UriParams = sip.NewParams()
+		}
+	}
+	return c, sip.ContactHeader{Address: u, Params: sip.NewParams()}, true
+}
+
+// onStrayResponse handles responses no client transaction matches: a 2xx
+// to an INVITE retransmitted after its transaction ended (our ACK was
+// lost) is ACKed again when its dialog is known; provisional responses
+// that lost a race with the final one are dropped.
+func (b *B2BUA) onStrayResponse(res *sip.Response) {
+	if b == nil || !res.IsSuccess() {
+		return
+	}
+	cseq, callid, from := res.CSeq(), res.CallID(), res.From()
+	if cseq == nil || callid == nil || from == nil || cseq.MethodName != sip.INVITE {
+		return
+	}
+	b.callsMu.Lock()
+	l := b.dialogs[dialogKey(callid.Value(), tagOf(from.Params))]
+	b.callsMu.Unlock()
+	if l == nil {
+		b.log.Debug("stray 2xx for an unknown dialog", "call_id", callid.Value())
+		return
+	}
+	b.m.Responses.WithLabelValues(classOf(res.StatusCode), "in").Inc()
+	b.ack(l, cseq.SeqNo, nil)
+}
