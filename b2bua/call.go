@@ -925,15 +925,20 @@ func (b *B2BUA) ActiveCalls() int {
 
 // hangupAll ends every call (BYE on both legs).
 func (b *B2BUA) hangupAll(reason string) {
-	b.callsMu.Lock()
-	cs := make([]*call, 0, len(b.calls))
-	for _, c := range b.calls {
-		cs = append(cs, c)
-	}
-	b.callsMu.Unlock()
 	var wg sync.WaitGroup
-	for _, c := range cs {
+	for _, c := range b.callsSnapshot() {
 		wg.Go(func() { b.endCall(c, nil, resultAnswered, 0, reason) })
 	}
 	wg.Wait()
+}
+
+// callsSnapshot returns the calls in progress.
+func (b *B2BUA) callsSnapshot() []*call {
+	b.callsMu.Lock()
+	defer b.callsMu.Unlock()
+	out := make([]*call, 0, len(b.calls))
+	for _, c := range b.calls {
+		out = append(out, c)
+	}
+	return out
 }

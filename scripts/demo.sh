@@ -4,7 +4,8 @@
 #   * Prosody (Debian package) for the XMPP domain "localhost", with the
 #     cusax-gw component configured and privileged (XEP-0356), and two demo
 #     users, alice and bob;
-#   * Kamailio as the PBX stand-in (registrar + proxy) on 127.0.0.1:5070,
+#   * Kamailio as the PBX stand-in (registrar + proxy) on 127.0.0.2:5070
+#     (its own loopback address: sip.trusted must tell the PBX from phones),
 #     unless DEMO_PBX names a real PBX;
 #   * cusax-gw on its embedded identity store, attached to Prosody as the
 #     component "cusax.localhost", SIP on 127.0.0.1:5060 (UDP and TCP).
@@ -89,19 +90,22 @@ DOMAIN=$DOMAIN COMPONENT=$COMPONENT SECRET_FILE=$DEMO/xmpp-secret \
 if [ -z "$PBX" ]; then
 	KAM_DIR=$DEMO/kamailio
 	mkdir -p "$KAM_DIR"
-	go run ./scripts/rig/kamailiocfg -port "$PBX_PORT" -domain "$DOMAIN" >"$KAM_DIR/kamailio.cfg"
+	go run ./scripts/rig/kamailiocfg -host 127.0.0.2 -port "$PBX_PORT" -domain "$DOMAIN" >"$KAM_DIR/kamailio.cfg"
 	KAMAILIO=$(PATH=$PATH:/usr/sbin command -v kamailio)
 	setsid "$KAMAILIO" -f "$KAM_DIR/kamailio.cfg" -DD -E -m 32 -M 8 -Y "$KAM_DIR" -w "$KAM_DIR" \
 		>"$KAM_DIR/kamailio.log" 2>&1 </dev/null &
 	KAM_PID=$!
 	for _ in $(seq 1 50); do
-		(exec 3<>"/dev/tcp/127.0.0.1/$PBX_PORT") 2>/dev/null && break
+		(exec 3<>"/dev/tcp/127.0.0.2/$PBX_PORT") 2>/dev/null && break
 		kill -0 "$KAM_PID" 2>/dev/null || die "Kamailio did not start; see $KAM_DIR/kamailio.log"
 		sleep 0.1
 	done
-	PBX=sip:127.0.0.1:$PBX_PORT
-	say "Kamailio (the PBX stand-in) on 127.0.0.1:$PBX_PORT"
+	PBX=sip:127.0.0.2:$PBX_PORT
+	say "Kamailio (the PBX stand-in) on 127.0.0.2:$PBX_PORT"
 fi
+
+# The PBX's address is the one trusted peer (an IP address in DEMO_PBX).
+PBX_HOST=$(printf '%s' "$PBX" | sed -E 's/^sips?:([^:;>]+).*/\1/')
 
 # 5. The gateway configuration.
 cat >"$DEMO/config.yaml" <<EOF
@@ -122,6 +126,7 @@ sip:
   listen: ["udp://127.0.0.1:$SIP_PORT", "tcp://127.0.0.1:$SIP_PORT"]
   domain: $DOMAIN
   pbx: "$PBX"
+  trusted: ["$PBX_HOST"]   # only the PBX's identity headers are believed
 rtp:
   listen: 127.0.0.1
   port_min: 20000
@@ -141,8 +146,10 @@ cat <<EOF
  SIP phone (baresip, linphone, Zoiper ...):
    account  sip:alice@$DOMAIN   outbound proxy  sip:127.0.0.1:$SIP_PORT (UDP or TCP)
    Registrations pass through the gateway to the PBX at $PBX
-   (a local Kamailio unless DEMO_PBX is set). Call bridging is not in
-   this build yet.
+   (a local Kamailio unless DEMO_PBX is set). Register alice and bob and
+   call sip:bob@$DOMAIN from alice: bob's phone rings with
+   Call-Info: <xmpp:alice@$DOMAIN>;purpose=impp, audio goes through the
+   gateway's relay (ports 20000-20999).
 
  Operator view:
    curl -s http://127.0.0.1:$ADMIN_PORT/readyz

@@ -123,8 +123,10 @@ func StartBaresip(t testing.TB, opts BaresipOptions) *Baresip {
 		CtrlAddr: hostPort(ctrlPort),
 		Dir:      dir,
 	}
+	// baresip hangs up a call when its audio file ends (AUDIO_ERROR):
+	// the tone lasts longer than any test call.
 	wav := filepath.Join(dir, "tone.wav")
-	if err := writeFile(wav, string(toneWAV(8000, 440, 2*time.Second)), 0o644); err != nil {
+	if err := writeFile(wav, string(toneWAV(8000, 440, 60*time.Second)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	var conf strings.Builder
@@ -289,4 +291,97 @@ func toneWAV(rate, freq int, d time.Duration) []byte {
 	copy(h[36:], "data")
 	binary.LittleEndian.PutUint32(h[40:], uint32(len(data)))
 	return append(h, data...)
+}
+
+// BaresipEvent is one event baresip sends on ctrl_tcp (call and
+// registration state changes).
+type BaresipEvent struct {
+	Class     string `json:"class"`
+	Type      string `json:"type"` // CALL_INCOMING, CALL_ESTABLISHED, CALL_CLOSED, REGISTER_OK, ...
+	AOR       string `json:"accountaor"`
+	Direction string `json:"direction"`
+	PeerURI   string `json:"peeruri"`
+	ID        string `json:"id"`
+	Param     string `json:"param"`
+}
+
+// BaresipSession is a ctrl_tcp connection that receives baresip's events
+// and sends commands. baresip's ctrl_tcp serves one connection at a time:
+// while a session is open, do not use Command (it would replace the
+// session's connection).
+type BaresipSession struct {
+	conn   net.Conn
+	Events <-chan BaresipEvent
+}
+
+// Session opens a BaresipSession that lives until the test ends.
+func (b *Baresip) Session(t testing.TB) *BaresipSession {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", b.CtrlAddr, startTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := make(chan BaresipEvent, 64)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer close(ch)
+		r := bufio.NewReader(c)
+		for {
+			msg, err := readNetstring(r)
+			if err != nil {
+				return
+			}
+			var ev struct {
+				Event bool `json:"event"`
+				BaresipEvent
+			}
+			if json.Unmarshal(msg, &ev) != nil || !ev.Event {
+				continue // a command response
+			}
+			select {
+			case ch <- ev.BaresipEvent:
+			default: // nobody reads: drop rather than block baresip
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		c.Close()
+		<-done
+	})
+	return &BaresipSession{conn: c, Events: ch}
+}
+
+// Send sends a command ("dial", "hangup", ...) without waiting for its
+// response; its effects show as events.
+func (s *BaresipSession) Send(command, params string) error {
+	req, err := json.Marshal(map[string]string{"command": command, "params": params})
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(s.conn, "%d:%s,", len(req), req)
+	return err
+}
+
+// WaitEvent reads events until one of type typ arrives, or fails the test
+// after timeout (a bound on a hang, not a performance assertion).
+func WaitEvent(t testing.TB, events <-chan BaresipEvent, typ string, timeout time.Duration) BaresipEvent {
+	t.Helper()
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	var seen []string
+	for {
+		select {
+		case ev, ok := <-events:
+			if !ok {
+				t.Fatalf("testenv: baresip event stream closed waiting for %s (saw %v)", typ, seen)
+			}
+			if ev.Type == typ {
+				return ev
+			}
+			seen = append(seen, ev.Type+"("+ev.Param+")")
+		case <-deadline.C:
+			t.Fatalf("testenv: no baresip %s event within %v (saw %v)", typ, timeout, seen)
+		}
+	}
 }

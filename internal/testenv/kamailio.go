@@ -19,12 +19,17 @@ type KamailioOptions struct {
 	// besides its listen address: registrations for user@domain are stored
 	// and requests to them are looked up in the location table.
 	Domains []string
+	// Host is the loopback address Kamailio listens on; default
+	// 127.0.0.1. Tests that must tell the PBX from phones (sip.trusted)
+	// put it on 127.0.0.2.
+	Host string
 }
 
 // Kamailio is a Kamailio SIP registrar and stateful proxy started by
 // StartKamailio.
 type Kamailio struct {
-	// Addr is host:port on 127.0.0.1, for UDP and TCP.
+	// Addr is host:port (KamailioOptions.Host, default 127.0.0.1), for
+	// UDP and TCP.
 	Addr string
 	// PID is the process ID of the main (attendant) process.
 	PID int
@@ -49,8 +54,8 @@ auto_aliases=no
 dns=no
 rev_dns=no
 use_dns_cache=no
-listen=udp:127.0.0.1:{{.Port}}
-listen=tcp:127.0.0.1:{{.Port}}
+listen=udp:{{.Host}}:{{.Port}}
+listen=tcp:{{.Host}}:{{.Port}}
 {{- range .Domains}}
 alias="{{.}}"
 {{- end}}
@@ -145,11 +150,21 @@ route[RELAY] {
 // on 127.0.0.1:port (UDP and TCP) serving domains besides its own
 // address. scripts/demo.sh uses it too (through scripts/rig/kamailiocfg).
 func KamailioConfig(port int, domains []string) (string, error) {
+	return KamailioConfigOn("127.0.0.1", port, domains)
+}
+
+// KamailioConfigOn is KamailioConfig listening on host instead of
+// 127.0.0.1.
+func KamailioConfigOn(host string, port int, domains []string) (string, error) {
+	if net.ParseIP(host) == nil {
+		return "", fmt.Errorf("testenv: kamailio host %q is not an IP address", host)
+	}
 	var conf strings.Builder
 	err := kamailioConfig.Execute(&conf, struct {
+		Host    string
 		Port    int
 		Domains []string
-	}{port, domains})
+	}{host, port, domains})
 	return conf.String(), err
 }
 
@@ -176,8 +191,11 @@ func StartKamailioOptions(t testing.TB, opts KamailioOptions) *Kamailio {
 	}
 	dir := t.TempDir()
 	port := FreePort(t)
-	k := &Kamailio{Addr: hostPort(port), Dir: dir}
-	conf, err := KamailioConfig(port, opts.Domains)
+	if opts.Host == "" {
+		opts.Host = "127.0.0.1"
+	}
+	k := &Kamailio{Addr: net.JoinHostPort(opts.Host, strconv.Itoa(port)), Dir: dir}
+	conf, err := KamailioConfigOn(opts.Host, port, opts.Domains)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,7 +2,7 @@
 // registrar and record-routing proxy on 127.0.0.1) for scripts/demo.sh, so
 // that the demo's PBX stand-in is exactly the one the tests run against.
 //
-//	go run ./scripts/rig/kamailiocfg -port 5070 -domain localhost > kamailio.cfg
+//	go run ./scripts/rig/kamailiocfg -host 127.0.0.2 -port 5070 -domain localhost > kamailio.cfg
 package main
 
 import (
@@ -15,7 +15,8 @@ import (
 )
 
 func main() {
-	port := flag.Int("port", 5070, "UDP and TCP port on 127.0.0.1")
+	host := flag.String("host", "127.0.0.1", "loopback address to listen on")
+	port := flag.Int("port", 5070, "UDP and TCP port")
 	domains := flag.String("domain", "", "comma-separated SIP domains served besides the address")
 	flag.Parse()
 	var ds []string
@@ -24,7 +25,7 @@ func main() {
 			ds = append(ds, d)
 		}
 	}
-	conf, err := testenv.KamailioConfig(*port, ds)
+	conf, err := testenv.KamailioConfigOn(*host, *port, ds)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "kamailiocfg:", err)
 		os.Exit(1)
