@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"hash"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -89,6 +90,9 @@ func (c *Config) setAuthDefaults() {
 	if c.NonceLifetime <= 0 {
 		c.NonceLifetime = 5 * time.Minute
 	}
+	if len(c.DigestAlgorithms) == 0 {
+		c.DigestAlgorithms = []string{"SHA-256", "MD5"}
+	}
 	if c.Auth != AuthLocal {
 		return
 	}
@@ -102,7 +106,7 @@ func (c *Config) setAuthDefaults() {
 	}
 	c.digest = &digestAuth{
 		key: c.NonceKey, realm: c.Domain, lifetime: c.NonceLifetime, now: now,
-		uses: map[string]nonceUse{}, maxUses: maxNonceUses,
+		algs: c.DigestAlgorithms, uses: map[string]nonceUse{}, maxUses: maxNonceUses,
 	}
 }
 
@@ -119,6 +123,14 @@ func (c *Config) validateAuth() []error {
 		}
 	default:
 		errs = append(errs, fmt.Errorf("b2bua: auth: want passthrough or local, got %q", c.Auth))
+	}
+	seen := map[string]bool{}
+	for _, a := range c.DigestAlgorithms {
+		if (a != "SHA-256" && a != "MD5") || seen[a] {
+			errs = append(errs, fmt.Errorf("b2bua: digest algorithms: want SHA-256 and/or MD5, once each, got %q", c.DigestAlgorithms))
+			break
+		}
+		seen[a] = true
 	}
 	return errs
 }
@@ -233,6 +245,7 @@ type digestAuth struct {
 	realm    string
 	lifetime time.Duration
 	now      func() time.Time
+	algs     []string // challenged and accepted, in order ("SHA-256", "MD5")
 
 	mu      sync.Mutex
 	uses    map[string]nonceUse // nonce -> highest nc accepted
@@ -297,12 +310,12 @@ func (d *digestAuth) checkNonce(nonce string) (nonceState, time.Time) {
 	return nonceFresh, issued
 }
 
-// challenges returns the challenge headers: SHA-256 first (RFC 8760
-// section 2.4: in order of preference), then MD5, one fresh nonce.
+// challenges returns the challenge headers, one per algorithm in order of
+// preference (RFC 8760 section 2.4), with one fresh nonce.
 func (d *digestAuth) challenges(name string, stale bool) []sip.Header {
 	nonce := d.newNonce()
-	out := make([]sip.Header, 0, 2)
-	for _, alg := range []string{"SHA-256", "MD5"} {
+	out := make([]sip.Header, 0, len(d.algs))
+	for _, alg := range d.algs {
 		c := digest.Challenge{Realm: d.realm, Nonce: nonce, Algorithm: alg, QOP: []string{"auth"}, Stale: stale}
 		out = append(out, sip.NewHeader(name, c.String()))
 	}
@@ -342,20 +355,23 @@ func (d *digestAuth) check(ctx context.Context, store Credentials, req *sip.Requ
 		return fail("nonce not issued by this gateway")
 	}
 	alg := strings.ToUpper(cr.Algorithm)
+	if alg == "" {
+		alg = "MD5" // RFC 2617: no algorithm means MD5
+	}
 	var newHash func() hash.Hash
-	switch alg {
-	case "", "MD5":
+	switch {
+	case !slices.Contains(d.algs, alg):
+		return fail("algorithm not offered")
+	case alg == "MD5":
 		newHash = md5.New
-	case "SHA-256":
-		newHash = sha256.New
 	default:
-		return fail("unsupported algorithm")
+		newHash = sha256.New
 	}
 	if !strings.EqualFold(cr.QOP, "auth") || cr.Cnonce == "" || cr.Nc <= 0 {
 		return fail("qop=auth with cnonce and nc required")
 	}
 	if !sameURI(cr.URI, &req.Recipient) {
-		return fail("uri differs from the Request-URI")
+		return fail("uri " + strconv.Quote(cr.URI) + " is not the Request-URI")
 	}
 	if cr.Username == "" || strings.ContainsAny(cr.Username, "@:") {
 		return fail("bad username")

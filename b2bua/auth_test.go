@@ -6,6 +6,8 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -17,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/cusax-gw/cusax-gw/identity"
+	"github.com/cusax-gw/cusax-gw/internal/testenv"
 )
 
 // recordTx is a server transaction that records the responses.
@@ -382,6 +385,34 @@ func TestAuthNonceReuse(t *testing.T) {
 	}
 }
 
+// With DigestAlgorithms MD5 only, the gateway challenges and accepts MD5
+// only.
+func TestAuthAlgorithms(t *testing.T) {
+	clk := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	b, err := New(Config{Listen: []Listener{{"udp", "127.0.0.1:0"}}, Domain: "example.com", Auth: AuthLocal,
+		Credentials: testDirectory(t), Now: clk.Now, DigestAlgorithms: []string{"MD5"}},
+		slog.New(slog.DiscardHandler), NewMetrics(prometheus.NewRegistry()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	chals := challenge(t, b, sip.REGISTER)
+	if len(chals) != 1 || chals[0].Algorithm != "MD5" {
+		t.Fatalf("challenges %+v, want MD5 only", chals)
+	}
+	sha := *chals[0]
+	sha.Algorithm = "SHA-256"
+	for _, tc := range []struct {
+		chal *digest.Challenge
+		ok   bool
+	}{{&sha, false}, {chals[0], true}} {
+		req := authReq(t, sip.REGISTER, "sip:example.com", "alice")
+		answer(t, req, "Authorization", tc.chal, "alice", "alice-pw", 1)
+		if _, ok := b.authenticate(context.Background(), req, &recordTx{}); ok != tc.ok {
+			t.Errorf("answer with %s: ok = %v, want %v", tc.chal.Algorithm, ok, tc.ok)
+		}
+	}
+}
+
 type failingCreds struct{}
 
 func (failingCreds) Credential(context.Context, string) (identity.Credential, error) {
@@ -413,6 +444,8 @@ func TestAuthConfig(t *testing.T) {
 		{Config{Auth: "local", Domain: "example.com"}, "no credential store"},
 		{Config{Auth: "local", Credentials: failingCreds{}}, "digest realm"},
 		{Config{Auth: "ldap"}, "want passthrough or local"},
+		{Config{Auth: "local", Domain: "example.com", Credentials: failingCreds{}, DigestAlgorithms: []string{"SHA-512-256"}}, "want SHA-256 and/or MD5"},
+		{Config{Auth: "local", Domain: "example.com", Credentials: failingCreds{}, DigestAlgorithms: []string{"MD5", "MD5"}}, "once each"},
 	} {
 		tc.cfg.Listen = []Listener{{"udp", "127.0.0.1:0"}}
 		_, err := New(tc.cfg, slog.New(slog.DiscardHandler), NewMetrics(prometheus.NewRegistry()))
@@ -512,7 +545,7 @@ func TestNonceUsesBounded(t *testing.T) {
 func FuzzAuthorization(f *testing.F) {
 	clk := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
 	d := &digestAuth{key: []byte("k"), realm: "example.com", lifetime: 5 * time.Minute, now: clk.Now,
-		uses: map[string]nonceUse{}, maxUses: 1000}
+		algs: []string{"SHA-256", "MD5"}, uses: map[string]nonceUse{}, maxUses: 1000}
 	nonce := d.newNonce()
 	f.Add(`Digest username="alice", realm="example.com", nonce="` + nonce + `", uri="sip:example.com", algorithm=SHA-256, cnonce="x", qop=auth, nc=00000001, response="00"`)
 	f.Add(`Digest username="alice", realm="example.com", nonce="` + nonce + `", uri="sip:example.com", response="00"`)
@@ -550,15 +583,17 @@ func (staticCreds) Credential(_ context.Context, aor string) (identity.Credentia
 }
 
 // startLocalGateway runs a gateway in local auth mode in front of pbx.
-func startLocalGateway(t *testing.T, pbx string, creds Credentials) (*B2BUA, string) {
+// algs are Config.DigestAlgorithms (default when none).
+func startLocalGateway(t *testing.T, pbx string, creds Credentials, algs ...string) (*B2BUA, string) {
 	t.Helper()
 	b, err := New(Config{
-		Listen:      []Listener{{"udp", "127.0.0.1:0"}},
-		Domain:      "example.com",
-		PBX:         "sip:" + pbx,
-		PBXTimeout:  5 * time.Second,
-		Auth:        AuthLocal,
-		Credentials: creds,
+		Listen:           []Listener{{"udp", "127.0.0.1:0"}},
+		Domain:           "example.com",
+		PBX:              "sip:" + pbx,
+		PBXTimeout:       5 * time.Second,
+		Auth:             AuthLocal,
+		Credentials:      creds,
+		DigestAlgorithms: algs,
 	}, slog.New(slog.DiscardHandler), NewMetrics(prometheus.NewRegistry()))
 	if err != nil {
 		t.Fatal(err)
@@ -613,4 +648,73 @@ func TestRegisterLocalAuth(t *testing.T) {
 	if res := alice.do(req); res.StatusCode != 403 {
 		t.Errorf("REGISTER of alice with bob's credentials = %d, want 403", res.StatusCode)
 	}
+}
+
+// TestIntegrationSIPpRegistersWithLocalAuth runs
+// testdata/sipp/register_auth.xml: SIPp answers the gateway's digest
+// challenges with its password and registers through the gateway to
+// Kamailio, which never sees SIPp's Authorization.
+func TestIntegrationSIPpRegistersWithLocalAuth(t *testing.T) {
+	testenv.Require(t)
+	k := testenv.StartKamailioOptions(t, testenv.KamailioOptions{Domains: []string{"example.com"}})
+	norm, err := identity.NewNormalizer("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := identity.NewMemoryStore()
+	t.Cleanup(func() { store.Close() })
+	dir := identity.NewDirectory(store, norm, "memory", slog.New(slog.DiscardHandler),
+		identity.NewMetrics(prometheus.NewRegistry()), identity.DirectoryOptions{})
+	ctx := context.Background()
+	if _, err := dir.Create(ctx, identity.Identity{JID: "carol@example.com", SIP: []string{"sip:carol@example.com"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := dir.SetPassword(ctx, "carol@example.com", "sip:carol@example.com", "example.com", "sipp-secret"); err != nil {
+		t.Fatal(err)
+	}
+	// SIPp 3.6 answers only the first challenge and knows only MD5.
+	b, gw := startLocalGateway(t, k.Addr, dir, "MD5", "SHA-256")
+	scenario, err := filepath.Abs("testdata/sipp/register_auth.xml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := testenv.RunSIPp(t, 30*time.Second, "-sf", scenario, "-s", "carol", "-m", "3", "-l", "1", gw)
+	if res.ExitCode != testenv.SIPpOK {
+		t.Fatalf("sipp exit %d:\n%s", res.ExitCode, res.Output)
+	}
+	if got := testutil.ToFloat64(b.m.Auth.WithLabelValues(authOK)); got != 6 {
+		t.Errorf("cusax_sip_auth_total{ok} = %v, want 6", got)
+	}
+	if got := testutil.ToFloat64(b.m.Requests.WithLabelValues("REGISTER", "out")); got != 6 {
+		t.Errorf("REGISTERs forwarded to the PBX = %v, want 6 (only the authenticated ones)", got)
+	}
+	if n, _ := b.Bindings().Len(ctx); n != 0 {
+		t.Errorf("bindings after the un-REGISTERs = %d, want 0", n)
+	}
+
+	// A wrong password gets challenged again; nothing reaches the PBX.
+	bad := strings.ReplaceAll(readFile(t, scenario), "password=sipp-secret", "password=wrong")
+	badFile := filepath.Join(t.TempDir(), "register_auth_wrong.xml")
+	if err := os.WriteFile(badFile, []byte(bad), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	res = testenv.RunSIPp(t, 30*time.Second, "-sf", badFile, "-s", "carol", "-m", "1", "-l", "1", "-recv_timeout", "3000", gw)
+	if res.ExitCode == testenv.SIPpOK {
+		t.Errorf("sipp with a wrong password succeeded:\n%s", res.Output)
+	}
+	if got := testutil.ToFloat64(b.m.Auth.WithLabelValues(authFailed)); got < 1 {
+		t.Errorf("cusax_sip_auth_total{failed} = %v, want at least 1", got)
+	}
+	if got := testutil.ToFloat64(b.m.Requests.WithLabelValues("REGISTER", "out")); got != 6 {
+		t.Errorf("REGISTERs forwarded to the PBX = %v, want still 6", got)
+	}
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
