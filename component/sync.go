@@ -580,13 +580,19 @@ func (s *syncRun) run(ctx context.Context, j syncJob) {
 		want = identity.Identity{JID: j.jid}
 	}
 	priv, plan := s.current()
-	if plan.Reach != PathOff {
-		res, err := s.syncReach(ctx, priv, plan, user, reachURIs(want))
-		s.record(ctx, KindReach, j.jid, plan.Reach, res, err)
-	}
+	// The vCard goes first: when it had to be written, the reach node is
+	// almost certainly stale too (a new user, or a changed identity), so it
+	// is published without reading it first (one privileged IQ saved per
+	// changed user; publishing the value it already held would be harmless).
+	vcardWritten := false
 	if plan.VCard != PathOff {
 		res, err := s.syncVCard(ctx, priv, plan, user, want)
 		s.record(ctx, KindVCard, j.jid, plan.VCard, res, err)
+		vcardWritten = res == ResultOK
+	}
+	if plan.Reach != PathOff {
+		res, err := s.syncReach(ctx, priv, plan, user, reachURIs(want), vcardWritten)
+		s.record(ctx, KindReach, j.jid, plan.Reach, res, err)
 	}
 }
 
@@ -614,19 +620,28 @@ func result(err error) (string, error) {
 	return ResultOK, nil
 }
 
-// syncReach makes user's reach node hold want.
-func (s *syncRun) syncReach(ctx context.Context, priv Privileges, plan Plan, user jid.JID, want []string) (string, error) {
+// syncReach makes user's reach node hold want. With stale set (the caller
+// has just had to rewrite the user's vCard) the node is published without
+// being read first.
+func (s *syncRun) syncReach(ctx context.Context, priv Privileges, plan Plan, user jid.JID, want []string, stale bool) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*s.cfg.Timeout)
 	defer cancel()
 	key := user.String()
 	switch plan.Reach {
 	case PathPrivilegedIQ:
 		have, known := s.c.lastReach(key)
-		if priv.CanIQ(NSPubSub, "get") {
+		model := s.cfg.AccessModel
+		// A stale node is not read, unless this process itself published
+		// exactly want there: then the read may well save the write.
+		read := priv.CanIQ(NSPubSub, "get") && (!stale || known && reachEqual(have, want))
+		if read {
 			// An error means no node yet, or anything else: Prosody hides
 			// the condition. Publishing then is harmless.
 			if resp, err := privilegedIQ(ctx, s.send, priv, s.c.addr, user, stanza.GetIQ, itemsPayload(NodeReach)); err == nil {
 				have, known = parseReach(parseItems(resp.child(NSPubSub, "pubsub"))), true
+				// The node exists: keep its owner's configuration. Prosody
+				// parses publish-options on every publish; skip them.
+				model = ""
 			} else if errors.Is(err, ErrNotGranted) {
 				return ResultError, err
 			}
@@ -635,8 +650,8 @@ func (s *syncRun) syncReach(ctx context.Context, priv Privileges, plan Plan, use
 			s.c.setLastReach(key, want)
 			return ResultUnchanged, nil
 		}
-		_, err := privilegedIQ(ctx, s.send, priv, s.c.addr, user, stanza.SetIQ, publishPayload(NodeReach, reachElement(want), s.cfg.AccessModel))
-		if err != nil && !errors.Is(err, ErrNotGranted) {
+		_, err := privilegedIQ(ctx, s.send, priv, s.c.addr, user, stanza.SetIQ, publishPayload(NodeReach, reachElement(want), model))
+		if err != nil && model != "" && !errors.Is(err, ErrNotGranted) {
 			// The node exists with another access model (precondition-not-met):
 			// keep the owner's configuration and publish without options.
 			s.c.log.Debug("component reach publish with options failed; retrying without", "jid", key, "err", err)

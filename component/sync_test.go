@@ -123,7 +123,8 @@ func TestPrivilegedIQGolden(t *testing.T) {
 // fakePEP answers the component's privileged IQs like Prosody 0.12: one
 // item 'current' per user and node, vcard-temp, item-not-found for a
 // missing node, and the stray "300" that breaks the stream for an IQ the
-// advert did not grant. It records every privileged IQ as "type ns".
+// advert did not grant. It records every privileged IQ as "type ns", and a
+// publish with publish-options as "set ns options".
 type fakePEP struct {
 	priv Privileges
 
@@ -174,6 +175,9 @@ func (f *fakePEP) respond(e element) (string, bool) {
 		return reply("result", fmt.Sprintf(`<pubsub xmlns='%s'><items node='%s'><item id='current'>%s</item></items></pubsub>`, NSPubSub, node, item)), true
 	case payload.Name.Space == NSPubSub && typ == "set":
 		pub := payload.child(NSPubSub, "publish")
+		if payload.child(NSPubSub, "publish-options") != nil {
+			f.seen[len(f.seen)-1] += " options"
+		}
 		f.items[user+"|"+pub.attr("node")] = pub.child(NSPubSub, "item").elements()[0].String()
 		f.writes++
 		return reply("result", ""), true
@@ -279,6 +283,56 @@ func TestSyncProsodyFake(t *testing.T) {
 	}
 }
 
+// TestSyncIQSequence pins the privileged IQs of one user: a new user costs
+// three (the vCard4 read and write, then the reach node published without a
+// read), an unchanged one two reads, a changed one three again, and a change
+// of the reach node alone (the order of preference) a read of each node and
+// a write of the reach node without publish-options (the node exists: its
+// owner's configuration is kept).
+func TestSyncIQSequence(t *testing.T) {
+	_, pep, c, store := newSyncTest(t, prosodyAdvert, SyncConfig{Reach: true, Interval: time.Hour}, aliceID)
+	r := start(t, c)
+	t.Cleanup(func() { _ = r.stop(t) })
+	get, set, setOpts := "get "+NSPubSub, "set "+NSPubSub, "set "+NSPubSub+" options"
+	check := func(what string, want ...string) {
+		t.Helper()
+		if seen, _ := pep.stats(); !slices.Equal(seen, want) {
+			t.Errorf("%s: sent %q, want %q", what, seen, want)
+		}
+	}
+	waitCount(t, c, KindReach, ResultOK, 1)
+	want := []string{get, setOpts, setOpts}
+	check("new user", want...)
+
+	// A reconnect reconciles again: two reads, nothing written.
+	if err := r.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	r = start(t, c)
+	waitCount(t, c, KindReach, ResultUnchanged, 1)
+	want = append(want, get, get)
+	check("unchanged user", want...)
+
+	// A second AOR: the vCard is rewritten, so is the reach node, unread.
+	two := aliceID
+	two.SIP = []string{"sip:alice@example.com", "sip:alice@pbx.example.com"}
+	if _, err := store.Put(t.Context(), two); err != nil {
+		t.Fatal(err)
+	}
+	waitCount(t, c, KindReach, ResultOK, 2)
+	want = append(want, get, set, setOpts)
+	check("changed user", want...)
+
+	// The same AORs in another order: only the reach node changes.
+	two.SIP = []string{"sip:alice@pbx.example.com", "sip:alice@example.com"}
+	if _, err := store.Put(t.Context(), two); err != nil {
+		t.Fatal(err)
+	}
+	waitCount(t, c, KindReach, ResultOK, 3)
+	want = append(want, get, get, set)
+	check("reordered AORs", want...)
+}
+
 func TestSyncNeverSendsUngranted(t *testing.T) {
 	for _, tc := range []struct {
 		name, advert string
@@ -307,6 +361,7 @@ func TestSyncNeverSendsUngranted(t *testing.T) {
 			p := mustParsePriv(t, tc.advert)
 			for _, s := range seen {
 				typ, ns, _ := strings.Cut(s, " ")
+				ns, _, _ = strings.Cut(ns, " ") // without " options"
 				if !p.CanIQ(ns, typ) {
 					t.Errorf("sent an ungranted privileged IQ: %s", s)
 				}
