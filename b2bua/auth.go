@@ -378,6 +378,10 @@ func (d *digestAuth) check(ctx context.Context, store Credentials, req *sip.Requ
 	}
 	authAOR := aorOf(sip.Uri{Scheme: target.Scheme, User: cr.Username, Host: target.Host})
 	stored, err := store.Credential(ctx, authAOR)
+	if errors.Is(err, identity.ErrNotFound) && strings.HasPrefix(authAOR, "sips:") {
+		// A phone using sips: with the password of its sip: AOR.
+		stored, err = store.Credential(ctx, "sip:"+strings.TrimPrefix(authAOR, "sips:"))
+	}
 	if errors.Is(err, identity.ErrNotFound) || errors.Is(err, identity.ErrInvalid) {
 		return fail("no credential for the username")
 	}

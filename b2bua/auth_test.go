@@ -718,3 +718,15 @@ func readFile(t *testing.T, path string) string {
 	}
 	return string(b)
 }
+
+// A phone using a sips: AOR authenticates with its sip: AOR's password.
+func TestAuthSIPSUsesSIPCredential(t *testing.T) {
+	b, _ := localGateway(t, testDirectory(t))
+	chal := challenge(t, b, sip.REGISTER)[0]
+	req := authReq(t, sip.REGISTER, "sip:example.com", "alice")
+	req.To().Address.Scheme = "sips"
+	answer(t, req, "Authorization", chal, "alice", "alice-pw", 1)
+	if aor, ok := b.authenticate(context.Background(), req, &recordTx{}); !ok || aor != "sips:alice@example.com" {
+		t.Errorf("authenticate = %q, %v, want sips:alice@example.com, true", aor, ok)
+	}
+}
