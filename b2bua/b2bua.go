@@ -18,6 +18,10 @@ import (
 	"golang.org/x/sync/errgroup"
 )
 
+// raiseUDPMTU sets sipgo's process-wide UDP size limit once (New may run
+// concurrently in tests).
+var raiseUDPMTU sync.Once
+
 // B2BUA is the SIP back-to-back user agent. Create it with New, bind its
 // listeners with Listen, then Run it. Drain starts a graceful shutdown.
 type B2BUA struct {
@@ -67,9 +71,11 @@ func New(cfg Config, log *slog.Logger, m *Metrics) (*B2BUA, error) {
 	// Raised deliberately: an INVITE with a video offer, a few Vias and
 	// Record-Routes passes sipgo's default 1,300-byte refusal. Fragmented
 	// datagrams are better than calls failing; phones use TCP above that.
-	if sip.UDPMTUSize < 8192 {
-		sip.UDPMTUSize = 8192
-	}
+	raiseUDPMTU.Do(func() {
+		if sip.UDPMTUSize < 8192 {
+			sip.UDPMTUSize = 8192
+		}
+	})
 	var b *B2BUA
 	ua, err := sipgo.NewUA(sipgo.WithUserAgent(cfg.UserAgent), sipgo.WithUserAgenTLSConfig(cfg.TLS),
 		sipgo.WithUserAgentTransactionLayerOptions(sip.WithTransactionLayerUnhandledResponseHandler(
