@@ -1,0 +1,189 @@
+//go:build linux
+
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"math"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// clockTicks is USER_HZ, the unit of utime and stime in /proc/<pid>/stat;
+// 100 on every Linux architecture Go supports.
+const clockTicks = 100
+
+// statFields returns the fields of /proc/<pid>/stat after the command
+// name (field 3, the state, is index 0).
+func statFields(pid int) ([]string, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return nil, err
+	}
+	// The command name is in parentheses and may hold spaces.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return nil, fmt.Errorf("callbench: /proc/%d/stat: no ')'", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return nil, fmt.Errorf("callbench: /proc/%d/stat: %d fields", pid, len(f))
+	}
+	return f, nil
+}
+
+// procCPU returns the user+system CPU time of every thread of pid (10 ms
+// resolution).
+func procCPU(pid int) (time.Duration, error) {
+	f, err := statFields(pid)
+	if err != nil {
+		return 0, err
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("callbench: /proc/%d/stat: utime %q stime %q", pid, f[11], f[12])
+	}
+	return time.Duration((ut + st) * (1e9 / clockTicks)), nil
+}
+
+// groupPIDs returns the processes whose process group is pgid (Kamailio's
+// attendant and its workers).
+func groupPIDs(pgid int) []int {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var out []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		f, err := statFields(pid)
+		if err != nil {
+			continue
+		}
+		if g, _ := strconv.Atoi(f[2]); g == pgid {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// statusKB returns a "Key:   N kB" value of /proc/<pid>/status (VmRSS,
+// VmHWM) or /proc/<pid>/smaps_rollup (Pss) in bytes.
+func statusKB(path, key string) (int64, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	for l := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(l, key+":"); ok {
+			f := strings.Fields(v)
+			if len(f) != 2 || f[1] != "kB" {
+				break
+			}
+			kb, err := strconv.ParseInt(f[0], 10, 64)
+			if err != nil {
+				break
+			}
+			return kb * 1024, nil
+		}
+	}
+	return 0, fmt.Errorf("callbench: %s: no %s", path, key)
+}
+
+// peakRSS returns VmHWM, the peak resident set of pid.
+func peakRSS(pid int) (int64, error) {
+	return statusKB(fmt.Sprintf("/proc/%d/status", pid), "VmHWM")
+}
+
+// pss returns the proportional set size of pid: shared pages divided
+// among the processes sharing them, so that a sum over processes counts
+// Kamailio's shared memory once.
+func pss(pid int) (int64, error) {
+	return statusKB(fmt.Sprintf("/proc/%d/smaps_rollup", pid), "Pss")
+}
+
+// pinSelf binds every thread of this process to cpu. Threads created
+// later inherit the mask of the thread that creates them.
+func pinSelf(cpu int) error {
+	var set unix.CPUSet
+	set.Set(cpu)
+	ents, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		tid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if err := unix.SchedSetaffinity(tid, &set); err != nil && err != unix.ESRCH {
+			return fmt.Errorf("callbench: sched_setaffinity(%d, cpu %d): %w", tid, cpu, err)
+		}
+	}
+	return nil
+}
+
+// loadavg returns the first three fields of /proc/loadavg.
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], "/")
+}
+
+// raiseNofile sets the soft open-file limit to the hard one; children
+// (the gateway holds four sockets per call) inherit it.
+func raiseNofile() {
+	var rl unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &rl) == nil {
+		rl.Cur = rl.Max
+		unix.Setrlimit(unix.RLIMIT_NOFILE, &rl)
+	}
+}
+
+// cpuTimes returns the busy and total jiffies of all CPUs (/proc/stat).
+func cpuTimes() (busy, total uint64) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0
+	}
+	l, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(l)
+	if len(f) < 5 || f[0] != "cpu" {
+		return 0, 0
+	}
+	for i, v := range f[1:] {
+		n, _ := strconv.ParseUint(v, 10, 64)
+		total += n
+		if i != 3 && i != 4 { // idle, iowait
+			busy += n
+		}
+	}
+	return busy, total
+}
+
+// machineBusy returns the fraction of all CPUs busy during d (measured
+// while the harness and its systems are idle: other programs).
+func machineBusy(d time.Duration) float64 {
+	b0, t0 := cpuTimes()
+	time.Sleep(d)
+	b1, t1 := cpuTimes()
+	if t1 <= t0 {
+		return math.NaN()
+	}
+	return float64(b1-b0) / float64(t1-t0)
+}
