@@ -10,6 +10,7 @@ import (
 	"io"
 	"math"
 	"net"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -37,6 +38,10 @@ type BaresipOptions struct {
 	AnswerMode string
 	// RegInterval is the registration interval in seconds; default 60.
 	RegInterval int
+	// SIPTrace runs baresip with -s: every SIP message it sends and
+	// receives is written to its log (Baresip.Log), a trace of what the
+	// phone really got.
+	SIPTrace bool
 }
 
 // Baresip is a baresip user agent started by StartBaresip, controlled
@@ -152,7 +157,11 @@ func StartBaresip(t testing.TB, opts BaresipOptions) *Baresip {
 	if err := writeFile(filepath.Join(dir, "contacts"), "", 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p, err := startProcess(procSpec{name: "baresip", path: path, args: []string{"-4", "-f", dir}, dir: dir})
+	args := []string{"-4", "-f", dir}
+	if opts.SIPTrace {
+		args = append(args, "-s")
+	}
+	p, err := startProcess(procSpec{name: "baresip", path: path, args: args, dir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -247,6 +256,16 @@ func (b *Baresip) WaitRegistered(timeout time.Duration) error {
 		}
 		return err
 	})
+}
+
+// Log returns baresip's output so far (with BaresipOptions.SIPTrace,
+// the SIP messages it sent and received).
+func (b *Baresip) Log() string {
+	data, err := os.ReadFile(filepath.Join(b.Dir, "baresip.log"))
+	if err != nil {
+		return fmt.Sprintf("(no log: %v)", err)
+	}
+	return string(data)
 }
 
 // readNetstring reads one "len:data," netstring.

@@ -23,6 +23,10 @@ type KamailioOptions struct {
 	// 127.0.0.1. Tests that must tell the PBX from phones (sip.trusted)
 	// put it on 127.0.0.2.
 	Host string
+	// Numbers maps dialled numbers (the Request-URI user, e.g.
+	// "+15551230002") to local users ("bob"), like a PBX's DID table:
+	// a request for the number is looked up as the user's.
+	Numbers map[string]string
 }
 
 // Kamailio is a Kamailio SIP registrar and stateful proxy started by
@@ -126,6 +130,11 @@ request_route {
 		exit;
 	}
 	if (uri==myself) {
+{{- range $num, $user := .Numbers}}
+		if ($rU=="{{$num}}") {
+			$rU = "{{$user}}";
+		}
+{{- end}}
 		if ($rU==$null) {
 			sl_send_reply("484", "Address Incomplete");
 			exit;
@@ -156,15 +165,26 @@ func KamailioConfig(port int, domains []string) (string, error) {
 // KamailioConfigOn is KamailioConfig listening on host instead of
 // 127.0.0.1.
 func KamailioConfigOn(host string, port int, domains []string) (string, error) {
+	return kamailioConfigWith(host, port, domains, nil)
+}
+
+// kamailioConfigWith is KamailioConfigOn with a number-to-user map.
+func kamailioConfigWith(host string, port int, domains []string, numbers map[string]string) (string, error) {
 	if net.ParseIP(host) == nil {
 		return "", fmt.Errorf("testenv: kamailio host %q is not an IP address", host)
 	}
 	var conf strings.Builder
+	for num, user := range numbers {
+		if num == "" || user == "" || strings.ContainsAny(num+user, "\"\n\r\\ @") {
+			return "", fmt.Errorf("testenv: kamailio number %q -> user %q", num, user)
+		}
+	}
 	err := kamailioConfig.Execute(&conf, struct {
 		Host    string
 		Port    int
 		Domains []string
-	}{host, port, domains})
+		Numbers map[string]string
+	}{host, port, domains, numbers})
 	return conf.String(), err
 }
 
@@ -195,7 +215,7 @@ func StartKamailioOptions(t testing.TB, opts KamailioOptions) *Kamailio {
 		opts.Host = "127.0.0.1"
 	}
 	k := &Kamailio{Addr: net.JoinHostPort(opts.Host, strconv.Itoa(port)), Dir: dir}
-	conf, err := KamailioConfigOn(opts.Host, port, opts.Domains)
+	conf, err := kamailioConfigWith(opts.Host, port, opts.Domains, opts.Numbers)
 	if err != nil {
 		t.Fatal(err)
 	}
