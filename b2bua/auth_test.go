@@ -678,7 +678,7 @@ func TestIntegrationSIPpRegistersWithLocalAuth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res := testenv.RunSIPp(t, 30*time.Second, "-sf", scenario, "-s", "carol", "-m", "3", "-l", "1", gw)
+	res := testenv.RunSIPp(t, 30*time.Second, "-sf", scenario, "-s", "carol", "-auth_uri", "example.com", "-m", "3", "-l", "1", gw)
 	if res.ExitCode != testenv.SIPpOK {
 		t.Fatalf("sipp exit %d:\n%s", res.ExitCode, res.Output)
 	}
@@ -698,7 +698,7 @@ func TestIntegrationSIPpRegistersWithLocalAuth(t *testing.T) {
 	if err := os.WriteFile(badFile, []byte(bad), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	res = testenv.RunSIPp(t, 30*time.Second, "-sf", badFile, "-s", "carol", "-m", "1", "-l", "1", "-recv_timeout", "3000", gw)
+	res = testenv.RunSIPp(t, 30*time.Second, "-sf", badFile, "-s", "carol", "-auth_uri", "example.com", "-m", "1", "-l", "1", "-recv_timeout", "3000", gw)
 	if res.ExitCode == testenv.SIPpOK {
 		t.Errorf("sipp with a wrong password succeeded:\n%s", res.Output)
 	}
