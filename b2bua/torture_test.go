@@ -132,19 +132,18 @@ var tortureCases = map[string]tortureExpect{
 //
 // Keys are a message name (both transports) or "udp/name", "tcp/name".
 var tortureGaps = map[string]string{
-	"wsinv":       "sipgo does not read the From tag written with LWS around '=' (\"tag = 98asjd8\") and answers 400",
-	"inv2543":     "sipgo requires a From tag (RFC 2543 had none) and answers 400",
-	"udp/longreq": "the 501 to longreq (34 Vias) is larger than sip.UDPMTUSize and sipgo never sends it",
-	"unkscm":      "the gateway answers OPTIONS 200 whatever the Request-URI scheme (want 416)",
-	"bext01":      "the gateway ignores Require (want 420 with Unsupported)",
-	"badvers":     "sipgo accepts SIP/7.0 and the gateway answers 200 (want 505)",
-	"mismatch01":  "neither sipgo nor the gateway compares the CSeq method with the request's (want 400)",
-	"multi01":     "INVITE is not bridged yet (501); want 400 for the duplicated single-value headers",
-	"insuf":       "neither sipgo nor the gateway requires To, From and Call-ID; INVITE answers 501 (want 400)",
-	"baddn":       "sipgo accepts an unquoted display name with a comma and the gateway answers 200 (want 400)",
-	"mcl01":       "sipgo reads the first of two Content-Length values and the gateway answers 200 (want 400)",
-	"invut":       "INVITE is not bridged yet (501); want 415",
-	"sdp01":       "INVITE is not bridged yet (501); want 406",
+	"wsinv":      "sipgo does not read the From tag written with LWS around '=' (\"tag = 98asjd8\") and answers 400",
+	"inv2543":    "sipgo requires a From tag (RFC 2543 had none) and answers 400",
+	"unkscm":     "the gateway answers OPTIONS 200 whatever the Request-URI scheme (want 416)",
+	"bext01":     "the gateway ignores Require (want 420 with Unsupported)",
+	"badvers":    "sipgo accepts SIP/7.0 and the gateway answers 200 (want 505)",
+	"mismatch01": "neither sipgo nor the gateway compares the CSeq method with the request's (want 400)",
+	"multi01":    "INVITE is not bridged yet (501); want 400 for the duplicated single-value headers",
+	"insuf":      "neither sipgo nor the gateway requires To, From and Call-ID; INVITE answers 501 (want 400)",
+	"baddn":      "sipgo accepts an unquoted display name with a comma and the gateway answers 200 (want 400)",
+	"mcl01":      "sipgo reads the first of two Content-Length values and the gateway answers 200 (want 400)",
+	"invut":      "INVITE is not bridged yet (501); want 415",
+	"sdp01":      "INVITE is not bridged yet (501); want 406",
 }
 
 func TestTortureFilesListed(t *testing.T) {
