@@ -193,6 +193,10 @@ func parseCallInfo(v string) callInfo {
 		}
 	} else if i := strings.IndexByte(v, ';'); i >= 0 {
 		params = v[i:]
+	} else {
+		// Malformed (no <uri>, no parameters): read it all as a parameter,
+		// so a bare "purpose=impp" is still an impp claim and is stripped.
+		params = v
 	}
 	for _, p := range splitOutsideQuotes(params, ';') {
 		name, val, _ := strings.Cut(p, "=")

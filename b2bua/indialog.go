@@ -162,6 +162,11 @@ func (b *B2BUA) offerAnswer(l *leg, req *sip.Request, tx sip.ServerTransaction) 
 	lateOffer := offer == nil && rsdp != nil
 	if !lateOffer {
 		b.ack(o, seq, nil)
+		// The offer/answer exchange is complete: a new re-INVITE may come
+		// as soon as our 2xx is ACKed (no 491 for it).
+		c.mu.Lock()
+		c.reinvite = false
+		c.mu.Unlock()
 	}
 	ack := b.respond2xx(c, l, tx, req, res, rbody)
 	if !lateOffer {
