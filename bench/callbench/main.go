@@ -271,8 +271,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	host, _ := os.Hostname()
 	fmt.Fprintf(stdout, "# callbench %s: host %s, %d CPUs, %s/%s, %s; system under test on cpu %d, SIPp (caller and callee) on cpu %d\n",
 		time.Now().UTC().Format(time.RFC3339), host, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, runtime.Version(), o.sutCPU, o.sippCPU)
-	fmt.Fprintf(stdout, "# rates (calls/s): %v; systems: %v; runs %d; calls placed for %v per rate, %v calls; gateway log.level %s; kamailio children %d\n",
-		o.rates, o.systems, o.runs, o.duration, o.callLen, o.logLevel, o.kamChild)
+	fmt.Fprintf(stdout, "# rates (calls/s): %v; systems: %v; runs %d; calls placed for %v per rate, %v calls; gateway log.level %s; kamailio children %d; open files %d\n",
+		o.rates, o.systems, o.runs, o.duration, o.callLen, o.logLevel, o.kamChild, nofileLimit())
 	fmt.Fprintf(stdout, "%-3s %-5s %-8s %7s %7s %7s %6s %6s %7s %6s %6s %8s %6s %7s %6s %5s %-14s %s\n",
 		"run", "rate", "system", "attempt", "success", "failed", "retr", "gen_cps", "p50_ms", "p99_ms", "pass", "cpu_ms/c", "sut%", "peak_MB", "sipp%", "busy%", "loadavg", "note")
 	var results []*result

@@ -145,14 +145,34 @@ func loadavg() string {
 	return strings.Join(f[:3], "/")
 }
 
-// raiseNofile sets the soft open-file limit to the hard one; children
-// (the gateway holds four sockets per call) inherit it.
+// nofile is the open-file limit the systems get: deploy/cusax-gw.service's
+// LimitNOFILE. The gateway holds four sockets per call in progress.
+const nofile = 65536
+
+// raiseNofile raises the open-file limit to nofile (as root, the hard one
+// too; otherwise the soft one to the hard one). Children (the gateway,
+// Kamailio, rtpengine, SIPp) inherit it: Go restores the original soft
+// limit in children unless the program set it.
 func raiseNofile() {
 	var rl unix.Rlimit
-	if unix.Getrlimit(unix.RLIMIT_NOFILE, &rl) == nil {
-		rl.Cur = rl.Max
-		unix.Setrlimit(unix.RLIMIT_NOFILE, &rl)
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &rl) != nil {
+		return
 	}
+	if rl.Max < nofile {
+		want := unix.Rlimit{Cur: nofile, Max: nofile}
+		if unix.Setrlimit(unix.RLIMIT_NOFILE, &want) == nil {
+			return
+		}
+	}
+	rl.Cur = min(rl.Max, max(rl.Cur, nofile))
+	unix.Setrlimit(unix.RLIMIT_NOFILE, &rl)
+}
+
+// nofileLimit returns the soft open-file limit now.
+func nofileLimit() uint64 {
+	var rl unix.Rlimit
+	unix.Getrlimit(unix.RLIMIT_NOFILE, &rl)
+	return rl.Cur
 }
 
 // cpuTimes returns the busy and total jiffies of all CPUs (/proc/stat).
