@@ -20,6 +20,7 @@ import (
 	"github.com/cusax-gw/cusax-gw/internal/admin"
 	"github.com/cusax-gw/cusax-gw/internal/api"
 	"github.com/cusax-gw/cusax-gw/internal/config"
+	"github.com/cusax-gw/cusax-gw/internal/lease"
 	"github.com/cusax-gw/cusax-gw/rtprelay"
 )
 
@@ -85,6 +86,7 @@ type daemon struct {
 	rtpe  *rtprelay.Rtpengine // rtpengine over ng (rtp.backend: rtpengine)
 	ng    *rtprelay.NGClient
 	xmpp  *component.Component
+	lease *lease.Lease // nil: the component connects on every instance
 	store identity.Store
 	dir   *identity.Directory
 
@@ -158,6 +160,9 @@ func newDaemon(cfg *config.Config, log *slog.Logger) (_ *daemon, err error) {
 	if err != nil {
 		return nil, err
 	}
+	if d.lease, err = newXMPPLease(cfg, d.store, log.With("subsystem", "xmpp"), d.reg); err != nil {
+		return nil, err
+	}
 
 	tlsConf, err := sipTLS(cfg)
 	if err != nil {
@@ -209,12 +214,7 @@ func newDaemon(cfg *config.Config, log *slog.Logger) (_ *daemon, err error) {
 			return admin.Status{State: admin.StateDown, Detail: detail}
 		}
 	})
-	d.admin.AddCheck("xmpp", false, func() admin.Status {
-		if d.xmpp.Up() {
-			return admin.Status{State: admin.StateUp, Detail: cfg.XMPP.Server + "; " + d.xmpp.Plan().String()}
-		}
-		return admin.Status{State: admin.StateDown, Detail: "not connected to " + cfg.XMPP.Server + " (retrying)"}
-	})
+	d.admin.AddCheck("xmpp", false, d.xmppStatus)
 	d.admin.AddCheck("rtp", false, func() admin.Status {
 		return admin.Status{State: admin.StateUp, Detail: fmt.Sprintf("ports %d..%d", cfg.RTP.PortMin, cfg.RTP.PortMax)}
 	})
@@ -293,7 +293,7 @@ func (d *daemon) run(ctx context.Context) error {
 		}
 		return d.relay.Run(rtpCtx)
 	})
-	start("xmpp", func() error { return d.xmpp.Run(xmppCtx) })
+	start("xmpp", func() error { return d.runXMPP(xmppCtx) })
 	start("sip", func() error { return d.sip.Run(sipCtx) })
 	d.log.Info("gateway started", "version", version, "sip", d.sip.Addrs(),
 		"admin", d.admin.Addr().String(), "xmpp", d.cfg.XMPP.Server)

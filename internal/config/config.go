@@ -70,6 +70,9 @@ type XMPP struct {
 	// 5222; "off" skips the comparison. The daemon never connects there.
 	C2S  string `yaml:"c2s"`
 	Sync Sync   `yaml:"sync"`
+	// Lease decides which instances connect the component when several
+	// share one Redis: auto|redis|off (docs/scaling.md).
+	Lease string `yaml:"lease"`
 }
 
 // Sync configures what the component writes on the users' behalf.
@@ -144,6 +147,7 @@ func Default() *Config {
 			Server:    "127.0.0.1:5347",
 			Domain:    "example.com",
 			Sync:      Sync{Reach: true, VCard: "enforce", Interval: Duration(10 * time.Minute)},
+			Lease:     "auto",
 		},
 		SIP: SIP{
 			Listen:      []string{"udp://0.0.0.0:5060", "tcp://0.0.0.0:5060"},

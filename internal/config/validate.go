@@ -40,6 +40,20 @@ func ParseSIPListener(s string) (SIPListener, error) {
 	return SIPListener{Network: scheme, Addr: addr}, nil
 }
 
+// LeaseEnabled reports whether the component runs under a Redis lease
+// (xmpp.lease): redis, or auto with identity.backend redis and no
+// xmpp.ejabberd_api (ejabberd balances several connections of one
+// component, so every instance connects there).
+func (c *Config) LeaseEnabled() bool {
+	switch c.XMPP.Lease {
+	case "redis":
+		return true
+	case "auto":
+		return c.Identity.Backend == "redis" && c.XMPP.EjabberdAPI == ""
+	}
+	return false
+}
+
 // C2SAddr returns the address `cusax-gw check` probes for the XMPP server's
 // client TLS (xmpp.c2s, by default the host of xmpp.server on port 5222),
 // or "" when xmpp.c2s is "off".
@@ -170,6 +184,10 @@ func (c *Config) Validate() error {
 		}
 	}
 	oneOf("xmpp.sync.vcard", c.XMPP.Sync.VCard, "enforce", "fill", "off")
+	oneOf("xmpp.lease", c.XMPP.Lease, "auto", "redis", "off")
+	if c.XMPP.Lease == "redis" && c.Identity.Backend != "redis" {
+		bad("xmpp.lease", "redis needs identity.backend redis, got %q", c.Identity.Backend)
+	}
 	if c.XMPP.Sync.Interval.D() < time.Minute {
 		bad("xmpp.sync.interval", "must be at least 1m, got %s", c.XMPP.Sync.Interval)
 	}
