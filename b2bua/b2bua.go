@@ -294,6 +294,10 @@ func (b *B2BUA) handle(h func(*sip.Request, sip.ServerTransaction)) sipgo.Reques
 			b.respond(tx, req, 503, "Service Unavailable", b.retryAfter())
 			return
 		}
+		if r := checkRequest(req); r != nil {
+			b.respond(tx, req, r.code, r.reason, r.hdrs...)
+			return
+		}
 		defer func() {
 			if r := recover(); r != nil {
 				b.m.Panics.Inc()

@@ -122,18 +122,6 @@ func (b *B2BUA) newCall(req *sip.Request, tx sip.ServerTransaction) {
 		}
 		mf = sip.MaxForwardsHeader(h.Val() - 1)
 	}
-	for _, h := range req.GetHeaders("Require") {
-		var bad []string
-		for _, tag := range strings.Split(h.Value(), ",") {
-			if unsupportedExtension(tag) {
-				bad = append(bad, strings.TrimSpace(tag))
-			}
-		}
-		if len(bad) > 0 {
-			b.respond(tx, req, 420, "Bad Extension", sip.NewHeader("Unsupported", strings.Join(bad, ", ")))
-			return
-		}
-	}
 	trusted := b.cfg.trusted(req.Source())
 	origin := "phone"
 	if trusted {

@@ -47,6 +47,23 @@ func startRegistrar(t *testing.T, password string) *fakeRegistrar {
 	}
 	r := &fakeRegistrar{addr: c.LocalAddr().String(), password: password, bindings: map[string]map[string]int{}}
 	srv.OnRegister(r.onRegister)
+	// Calls to sip:answer@… are answered 200 with SDP (ACK and BYE
+	// taken); any other INVITE gets 486, so stray INVITEs (the torture
+	// messages) leave no call up.
+	srv.OnInvite(func(req *sip.Request, tx sip.ServerTransaction) {
+		if req.Recipient.User != "answer" {
+			tx.Respond(sip.NewResponseFromRequest(req, 486, "Busy Here", nil))
+			return
+		}
+		res := sip.NewResponseFromRequest(req, 200, "OK", []byte(strings.ReplaceAll(testSDP, "127.0.0.1", "127.0.0.2")))
+		res.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+		res.AppendHeader(sip.NewHeader("Contact", "<sip:pbx@"+r.addr+">"))
+		tx.Respond(res)
+	})
+	srv.OnAck(func(*sip.Request, sip.ServerTransaction) {})
+	srv.OnBye(func(req *sip.Request, tx sip.ServerTransaction) {
+		tx.Respond(sip.NewResponseFromRequest(req, 200, "OK", nil))
+	})
 	done := make(chan struct{})
 	go func() { srv.ServeUDP(c); close(done) }()
 	t.Cleanup(func() { c.Close(); <-done; ua.Close() })
