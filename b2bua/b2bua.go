@@ -215,7 +215,7 @@ func (b *B2BUA) Run(ctx context.Context) error {
 				return nil
 			case <-t.C:
 				b.sweep(gctx)
-				b.rate.sweep(time.Now())
+				b.rate.sweep(b.cfg.Now())
 			}
 		}
 	})
@@ -289,7 +289,7 @@ func (b *B2BUA) Ready() (bool, string) {
 func (b *B2BUA) handle(h func(*sip.Request, sip.ServerTransaction)) sipgo.RequestHandler {
 	return func(req *sip.Request, tx sip.ServerTransaction) {
 		b.m.Requests.WithLabelValues(string(req.Method), "in").Inc()
-		if b.rate != nil && !b.cfg.trusted(req.Source()) && !b.rate.allow(req.Source(), time.Now()) {
+		if b.rate != nil && !b.cfg.trusted(req.Source()) && !b.rate.allow(req.Source(), b.cfg.Now()) {
 			b.m.Rejected.WithLabelValues("rate_limit").Inc()
 			b.respond(tx, req, 503, "Service Unavailable", b.retryAfter())
 			return

@@ -841,7 +841,7 @@ func (b *B2BUA) admit() string {
 	if b.cfg.MaxCalls > 0 && b.pending+len(b.calls) >= b.cfg.MaxCalls {
 		return "max_calls"
 	}
-	if !b.cps.allow(time.Now()) {
+	if !b.cps.allow(b.cfg.Now()) {
 		return "max_cps"
 	}
 	b.pending++

@@ -240,6 +240,12 @@ func (p *sipPeer) answer(code int) {
 // startCallGateway runs a gateway with the PBX peer trusted.
 func startCallGateway(t *testing.T, pbx string, opts CallOptions) (*B2BUA, *prometheus.Registry, string) {
 	t.Helper()
+	return startCallGatewayClock(t, pbx, opts, nil)
+}
+
+// startCallGatewayClock is startCallGateway with the gateway's clock.
+func startCallGatewayClock(t *testing.T, pbx string, opts CallOptions, now func() time.Time) (*B2BUA, *prometheus.Registry, string) {
+	t.Helper()
 	reg := prometheus.NewRegistry()
 	opts.Trusted = []netip.Prefix{netip.MustParsePrefix("127.0.0.2/32")}
 	if opts.Resolver == nil {
@@ -249,6 +255,7 @@ func startCallGateway(t *testing.T, pbx string, opts CallOptions) (*B2BUA, *prom
 		Listen:      []Listener{{"udp", "127.0.0.1:0"}},
 		PBX:         "sip:" + pbx,
 		PBXTimeout:  5 * time.Second,
+		Now:         now,
 		CallOptions: opts,
 	}, slog.New(slog.DiscardHandler), NewMetrics(reg))
 	if err != nil {
