@@ -18,9 +18,17 @@ import (
 	"golang.org/x/sync/errgroup"
 )
 
-// raiseUDPMTU sets sipgo's process-wide UDP size limit once (New may run
-// concurrently in tests).
-var raiseUDPMTU sync.Once
+// sipgo refuses to send UDP messages over sip.UDPMTUSize-200 bytes (1,300
+// by default). Raised deliberately, at package initialisation because it is
+// a process global that sipgo's transports read without synchronisation:
+// an INVITE with a video offer, a few Vias and Record-Routes must not fail;
+// fragmented datagrams are better than failed calls (phones use TCP above
+// that).
+func init() {
+	if sip.UDPMTUSize < 8192 {
+		sip.UDPMTUSize = 8192
+	}
+}
 
 // B2BUA is the SIP back-to-back user agent. Create it with New, bind its
 // listeners with Listen, then Run it. Drain starts a graceful shutdown.
@@ -68,14 +76,6 @@ func New(cfg Config, log *slog.Logger, m *Metrics) (*B2BUA, error) {
 	if err := errors.Join(cfg.validate(), cfg.CallOptions.validate()); err != nil {
 		return nil, err
 	}
-	// Raised deliberately: an INVITE with a video offer, a few Vias and
-	// Record-Routes passes sipgo's default 1,300-byte refusal. Fragmented
-	// datagrams are better than calls failing; phones use TCP above that.
-	raiseUDPMTU.Do(func() {
-		if sip.UDPMTUSize < 8192 {
-			sip.UDPMTUSize = 8192
-		}
-	})
 	var b *B2BUA
 	ua, err := sipgo.NewUA(sipgo.WithUserAgent(cfg.UserAgent), sipgo.WithUserAgenTLSConfig(cfg.TLS),
 		sipgo.WithUserAgentTransactionLayerOptions(sip.WithTransactionLayerUnhandledResponseHandler(

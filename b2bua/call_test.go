@@ -81,13 +81,14 @@ func (r mapResolver) Resolve(uri string) (string, string, bool) {
 
 // sipPeer is a sipgo UA listening on one UDP address: the phone or the PBX.
 type sipPeer struct {
-	t      *testing.T
-	addr   string
-	ua     *sipgo.UserAgent
-	srv    *sipgo.Server
-	client *sipgo.Client
-	dialog *sipgo.DialogServerCache
-	dua    *sipgo.DialogUA
+	t       *testing.T
+	addr    string
+	network string
+	ua      *sipgo.UserAgent
+	srv     *sipgo.Server
+	client  *sipgo.Client
+	dialog  *sipgo.DialogServerCache
+	dua     *sipgo.DialogUA
 
 	mu       sync.Mutex
 	invites  []*sip.Request
@@ -97,6 +98,13 @@ type sipPeer struct {
 }
 
 func startPeer(t *testing.T, host string) *sipPeer {
+	t.Helper()
+	return startPeerOn(t, "udp", host)
+}
+
+// startPeerOn is startPeer on network (udp or tcp). Over TCP the peer's
+// requests leave on connections from ephemeral ports, as phones' do.
+func startPeerOn(t *testing.T, network, host string) *sipPeer {
 	t.Helper()
 	ua, err := sipgo.NewUA(sipgo.WithUserAgent("peer-" + host))
 	if err != nil {
@@ -150,7 +158,7 @@ func startPeer(t *testing.T, host string) *sipPeer {
 	go func() {
 		defer close(done)
 		srv.ListenAndServe(context.WithValue(ctx, sipgo.ListenReadyCtxKey,
-			sipgo.ListenReadyFuncCtxValue(func(_, addr string) { ready <- addr })), "udp", host+":0")
+			sipgo.ListenReadyFuncCtxValue(func(_, addr string) { ready <- addr })), network, host+":0")
 	}()
 	var addr string
 	select {
@@ -163,15 +171,23 @@ func startPeer(t *testing.T, host string) *sipPeer {
 		<-done
 		ua.Close()
 	})
-	waitServing(t, addr)
+	waitServing(t, network, addr)
 	_, port, _ := net.SplitHostPort(addr)
 	p, _ := strconv.Atoi(port)
-	client, err := sipgo.NewClient(ua, sipgo.WithClientHostname(host), sipgo.WithClientPort(p),
-		sipgo.WithClientConnectionAddr(addr), sipgo.WithClientLogger(slog.New(slog.DiscardHandler)))
+	copts := []sipgo.ClientOption{sipgo.WithClientHostname(host), sipgo.WithClientPort(p),
+		sipgo.WithClientLogger(slog.New(slog.DiscardHandler))}
+	if network == "udp" {
+		copts = append(copts, sipgo.WithClientConnectionAddr(addr))
+	}
+	client, err := sipgo.NewClient(ua, copts...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	contact = sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "peer", Host: host, Port: p}}
+	contact = sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "peer", Host: host, Port: p, UriParams: sip.NewParams()}}
+	if network != "udp" {
+		contact.Address.UriParams.Add("transport", network)
+	}
+	peer.network = network
 	peer.addr, peer.client = addr, client
 	peer.dialog = sipgo.NewDialogServerCache(client, contact)
 	peer.dua = &sipgo.DialogUA{Client: client, ContactHDR: contact}
@@ -190,16 +206,16 @@ func (p *sipPeer) lastInvite() *sip.Request {
 // waitServing proves a sipgo server on addr serves (its listening socket
 // is registered, so clients can send from it): an OPTIONS gets an answer.
 // sipgo signals "listening" before it registers the socket.
-func waitServing(t *testing.T, addr string) {
+func waitServing(t *testing.T, network, addr string) {
 	t.Helper()
-	c, err := net.Dial("udp", addr)
+	c, err := net.Dial(network, addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	local := c.LocalAddr().String()
-	msg := "OPTIONS sip:" + addr + " SIP/2.0\r\nVia: SIP/2.0/UDP " + local + ";branch=z9hG4bKready" + sip.GenerateTagN(8) +
+	msg := "OPTIONS sip:" + addr + " SIP/2.0\r\nVia: SIP/2.0/" + strings.ToUpper(network) + " " + local + ";branch=z9hG4bKready" + sip.GenerateTagN(8) +
 		"\r\nFrom: <sip:probe@127.0.0.1>;tag=1\r\nTo: <sip:" + addr + ">\r\nCall-ID: ready-" + sip.GenerateTagN(8) +
 		"\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
 	if _, err := c.Write([]byte(msg)); err != nil {
@@ -252,7 +268,7 @@ func startCallGatewayClock(t *testing.T, pbx string, opts CallOptions, now func(
 		opts.Resolver = mapResolver{"sip:alice@example.com": {"alice@example.com", "Alice"}}
 	}
 	b, err := New(Config{
-		Listen:      []Listener{{"udp", "127.0.0.1:0"}},
+		Listen:      []Listener{{"udp", "127.0.0.1:0"}, {"tcp", "127.0.0.1:0"}},
 		PBX:         "sip:" + pbx,
 		PBXTimeout:  5 * time.Second,
 		Now:         now,
@@ -295,6 +311,7 @@ func (p *sipPeer) call(t *testing.T, gw, to string, sdp string, hdrs ...sip.Head
 		req.SetBody([]byte(sdp))
 	}
 	req.SetDestination(gw)
+	req.SetTransport(strings.ToUpper(p.network))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	s, err := p.dua.WriteInvite(ctx, req)
@@ -599,4 +616,41 @@ func TestDrainWaitsForCallsThenHangsUp(t *testing.T) {
 	if res.StatusCode != 503 {
 		t.Errorf("INVITE while draining = %d, want 503", res.StatusCode)
 	}
+}
+
+// TestCallPhoneOverTCP: a phone on TCP (requests from an ephemeral port,
+// as behind NAT) calls the PBX on UDP; the PBX hangs up and the BYE
+// reaches the phone over its own connection.
+func TestCallPhoneOverTCP(t *testing.T) {
+	pbx := startPeer(t, "127.0.0.2")
+	pbx.answer(200)
+	b, _, _ := startCallGateway(t, pbx.addr, CallOptions{Media: &fakeMedia{}})
+	var gwTCP string
+	for _, a := range b.Addrs() {
+		if strings.HasPrefix(a, "tcp://") {
+			gwTCP = strings.TrimPrefix(a, "tcp://")
+		}
+	}
+	phone := startPeerOn(t, "tcp", "127.0.0.1")
+	s, res := phone.call(t, gwTCP, "sip:bob@example.com", testSDP)
+	if res.StatusCode != 200 {
+		t.Fatalf("phone over TCP got %d, want 200", res.StatusCode)
+	}
+	if err := s.Ack(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := pbx.dialogSession(t).Bye(ctx); err != nil {
+		t.Fatalf("PBX BYE: %v", err)
+	}
+	select {
+	case bye := <-phone.byes:
+		if bye.Transport() != "TCP" {
+			t.Errorf("BYE reached the phone over %s, want TCP", bye.Transport())
+		}
+	case <-ctx.Done():
+		t.Fatal("the phone got no BYE over TCP")
+	}
+	waitCallsEnded(t, b)
 }
