@@ -199,8 +199,9 @@ func newDaemon(cfg *config.Config, log *slog.Logger) (_ *daemon, err error) {
 			RingTimeout: cfg.SIP.RingTimeout.D(),
 		},
 		// sip.auth local: digest against the identity store's credentials.
-		Auth:        cfg.SIP.Auth,
-		Credentials: d.dir,
+		Auth:             cfg.SIP.Auth,
+		DigestAlgorithms: cfg.SIP.AuthAlgorithms,
+		Credentials:      d.dir,
 	}, log.With("subsystem", "sip"), b2bua.NewMetrics(d.reg))
 	if err != nil {
 		return nil, err

@@ -84,15 +84,18 @@ type Sync struct {
 
 // SIP configures the B2BUA.
 type SIP struct {
-	Listen      []string `yaml:"listen"`
-	Advertise   string   `yaml:"advertise"`
-	TLS         TLS      `yaml:"tls"`
-	Domain      string   `yaml:"domain"`
-	PBX         string   `yaml:"pbx"`
-	Trusted     []string `yaml:"trusted"`
-	Auth        string   `yaml:"auth"`      // passthrough|local
-	CallInfo    string   `yaml:"call_info"` // stamp|off
-	XMPPContact bool     `yaml:"xmpp_contact"`
+	Listen    []string `yaml:"listen"`
+	Advertise string   `yaml:"advertise"`
+	TLS       TLS      `yaml:"tls"`
+	Domain    string   `yaml:"domain"`
+	PBX       string   `yaml:"pbx"`
+	Trusted   []string `yaml:"trusted"`
+	Auth      string   `yaml:"auth"` // passthrough|local
+	// AuthAlgorithms are the digest algorithms sip.auth local challenges
+	// with, in order (SHA-256, MD5).
+	AuthAlgorithms []string `yaml:"auth_algorithms"`
+	CallInfo       string   `yaml:"call_info"` // stamp|off
+	XMPPContact    bool     `yaml:"xmpp_contact"`
 	// Admission and call limits; 0 means unlimited.
 	MaxCalls    int      `yaml:"max_calls"`    // concurrent calls
 	MaxCPS      int      `yaml:"max_cps"`      // new calls per second
@@ -150,14 +153,15 @@ func Default() *Config {
 			Lease:     "auto",
 		},
 		SIP: SIP{
-			Listen:      []string{"udp://0.0.0.0:5060", "tcp://0.0.0.0:5060"},
-			Domain:      "example.com",
-			PBX:         "sip:127.0.0.1:5070",
-			Trusted:     []string{"127.0.0.1/32"},
-			Auth:        "passthrough",
-			CallInfo:    "stamp",
-			MaxDuration: Duration(12 * time.Hour),
-			RingTimeout: Duration(3 * time.Minute),
+			Listen:         []string{"udp://0.0.0.0:5060", "tcp://0.0.0.0:5060"},
+			Domain:         "example.com",
+			PBX:            "sip:127.0.0.1:5070",
+			Trusted:        []string{"127.0.0.1/32"},
+			Auth:           "passthrough",
+			AuthAlgorithms: []string{"SHA-256", "MD5"},
+			CallInfo:       "stamp",
+			MaxDuration:    Duration(12 * time.Hour),
+			RingTimeout:    Duration(3 * time.Minute),
 		},
 		RTP: RTP{
 			Listen:    "0.0.0.0",

@@ -231,6 +231,18 @@ func (c *Config) Validate() error {
 		}
 	}
 	oneOf("sip.auth", c.SIP.Auth, "passthrough", "local")
+	if len(c.SIP.AuthAlgorithms) == 0 {
+		bad("sip.auth_algorithms", "must name at least one of SHA-256, MD5")
+	}
+	seenAlg := map[string]bool{}
+	for i, a := range c.SIP.AuthAlgorithms {
+		if a != "SHA-256" && a != "MD5" {
+			bad(fmt.Sprintf("sip.auth_algorithms[%d]", i), "must be SHA-256 or MD5, got %q", a)
+		} else if seenAlg[a] {
+			bad(fmt.Sprintf("sip.auth_algorithms[%d]", i), "%s is listed twice", a)
+		}
+		seenAlg[a] = true
+	}
 	oneOf("sip.call_info", c.SIP.CallInfo, "stamp", "off")
 	if c.SIP.MaxCalls < 0 {
 		bad("sip.max_calls", "must not be negative (0: unlimited), got %d", c.SIP.MaxCalls)
