@@ -48,6 +48,7 @@ type B2BUA struct {
 
 	draining atomic.Bool
 	serving  atomic.Bool
+	pbxDown  atomic.Bool
 
 	clients    map[string]*sipgo.Client // by listening network; set by Listen
 	clientAddr map[string]string        // advertised host:port per network
@@ -206,6 +207,10 @@ func (b *B2BUA) Run(ctx context.Context) error {
 			}
 		})
 	}
+	g.Go(func() error {
+		b.watchPBX(gctx)
+		return nil
+	})
 	g.Go(func() error {
 		t := time.NewTicker(b.cfg.SweepInterval)
 		defer t.Stop()

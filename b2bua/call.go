@@ -157,6 +157,11 @@ func (b *B2BUA) newCall(req *sip.Request, tx sip.ServerTransaction) {
 	bl := &leg{name: "b", localTag: newTag()}
 	target := *req.Recipient.Clone()
 	if !trusted {
+		if b.pbxDown.Load() {
+			b.m.Calls.WithLabelValues(origin, resultFailed).Inc()
+			b.respond(tx, req, 503, "Service Unavailable", b.retryAfter(), pbxDownWarning)
+			return
+		}
 		bl.client, bl.contact, _ = b.clientFor(b.pbx.transport)
 		bl.dest, bl.transport = b.pbx.hostport, b.pbx.transport
 	} else {
@@ -341,6 +346,9 @@ func (b *B2BUA) bridgeInvite(ctx context.Context, c *call, req *sip.Request, tx 
 				return
 			}
 			c.log.Warn("b-leg invite failed", "peer", bl.dest, "err", err)
+			if c.origin == "phone" {
+				b.pbxTimedOut(err)
+			}
 			b.respondA(c, code, reason, nil, nil)
 			b.endCall(c, nil, resultFailed, code, "")
 			return

@@ -50,6 +50,11 @@ type CallOptions struct {
 	// RingTimeout bounds the wait for a final answer once the B-leg
 	// INVITE is out (then CANCEL and 408). Default 3 minutes.
 	RingTimeout time.Duration
+	// PBXPing is the interval of the OPTIONS pings to the PBX (0: no
+	// pings; the daemon's sip.pbx_ping defaults to 5 s). Two unanswered pings, or one request that
+	// timed out, mark the PBX down until a ping is answered; meanwhile
+	// REGISTERs and calls from phones get 503 with Retry-After at once.
+	PBXPing time.Duration
 	// ByeTimeout bounds the wait for the answer to a BYE or CANCEL the
 	// gateway sends. Default 32 s (Timer F).
 	ByeTimeout time.Duration

@@ -260,7 +260,7 @@ func startPBX(t *testing.T, port int, name string, args ...string) *pbxSIPp {
 	}
 	dir := t.TempDir()
 	all := []string{"-sf", callScenario(t, name), "-i", pbxIP, "-bind_local", "-p", strconv.Itoa(port),
-		"-nostdin", "-cp", strconv.Itoa(testenv.FreePort(t)), "-mp", strconv.Itoa(testenv.FreePortRange(t, 4))}
+		"-nostdin", "-mp", strconv.Itoa(testenv.FreePortRange(t, 4))} // no -cp: see testenv.sippArgs
 	all = append(all, sippDiag...)
 	all = append(all, args...)
 	p := &pbxSIPp{dir: dir, done: make(chan struct{}), out: filepath.Join(dir, "sipp.out")}

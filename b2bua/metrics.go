@@ -14,6 +14,7 @@ type Metrics struct {
 	Panics        prometheus.Counter
 	Auth          *prometheus.CounterVec // result (sip.auth: local)
 	Rejected      *prometheus.CounterVec // reason (admission control)
+	PBXUp         prometheus.Gauge
 }
 
 // NewMetrics creates the b2bua metrics and registers them with reg.
@@ -62,7 +63,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, r := range []string{"max_calls", "max_cps", "rate_limit"} {
 		m.Rejected.WithLabelValues(r)
 	}
-	reg.MustRegister(m.Rejected)
+	m.PBXUp = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "cusax_sip_pbx_up",
+		Help: "1 while sip.pbx answers the gateway's OPTIONS pings, 0 once it stopped answering (phones then get 503).",
+	})
+	m.PBXUp.Set(1)
+	reg.MustRegister(m.Rejected, m.PBXUp)
 	for _, a := range []string{"stamped", "stripped", "kept"} {
 		m.CallInfo.WithLabelValues(a)
 	}

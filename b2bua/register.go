@@ -168,6 +168,10 @@ func (b *B2BUA) onRegister(req *sip.Request, tx sip.ServerTransaction) {
 		b.respond(tx, req, 501, "Not Implemented")
 		return
 	}
+	if b.pbxDown.Load() {
+		b.respond(tx, req, 503, "Service Unavailable", b.retryAfter(), pbxDownWarning)
+		return
+	}
 	to, callid, cseq := req.To(), req.CallID(), req.CSeq()
 	if to == nil || req.From() == nil || callid == nil || cseq == nil {
 		b.respond(tx, req, 400, "Bad Request")
@@ -256,6 +260,7 @@ func (b *B2BUA) onRegister(req *sip.Request, tx sip.ServerTransaction) {
 	res, err := b.doPBX(ctx, fwd)
 	if err != nil {
 		log.Warn("register to pbx failed", "aor", aor, "peer", b.pbx.hostport, "err", err)
+		b.pbxTimedOut(err)
 		code, reason := 503, "Service Unavailable"
 		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, sip.ErrTransactionTimeout) {
 			code, reason = 408, "Request Timeout"

@@ -197,6 +197,7 @@ func newDaemon(cfg *config.Config, log *slog.Logger) (_ *daemon, err error) {
 			RateLimit:   cfg.SIP.RateLimit,
 			MaxDuration: cfg.SIP.MaxDuration.D(),
 			RingTimeout: cfg.SIP.RingTimeout.D(),
+			PBXPing:     cfg.SIP.PBXPing.D(),
 		},
 		// sip.auth local: digest against the identity store's credentials.
 		Auth:             cfg.SIP.Auth,

@@ -102,6 +102,7 @@ type SIP struct {
 	RateLimit   int      `yaml:"rate_limit"`   // requests per second per untrusted source address
 	MaxDuration Duration `yaml:"max_duration"` // longest call, then BYE on both legs
 	RingTimeout Duration `yaml:"ring_timeout"` // longest wait for an answer after ringing starts
+	PBXPing     Duration `yaml:"pbx_ping"`     // OPTIONS ping interval toward sip.pbx; 0: off
 }
 
 // TLS names the certificate and key of the tls:// and wss:// SIP listeners.
@@ -162,6 +163,7 @@ func Default() *Config {
 			CallInfo:       "stamp",
 			MaxDuration:    Duration(12 * time.Hour),
 			RingTimeout:    Duration(3 * time.Minute),
+			PBXPing:        Duration(5 * time.Second),
 		},
 		RTP: RTP{
 			Listen:    "0.0.0.0",

@@ -256,6 +256,9 @@ func (c *Config) Validate() error {
 	if c.SIP.MaxDuration.D() < 0 {
 		bad("sip.max_duration", "must not be negative (0: unlimited), got %s", c.SIP.MaxDuration)
 	}
+	if c.SIP.PBXPing.D() < 0 {
+		bad("sip.pbx_ping", "must not be negative (0: no pings), got %s", c.SIP.PBXPing)
+	}
 	if c.SIP.RingTimeout.D() <= 0 {
 		bad("sip.ring_timeout", "must be positive, got %s", c.SIP.RingTimeout)
 	}

@@ -46,9 +46,11 @@ func SIPpPath() (string, error) {
 }
 
 // sippArgs adds the options the rig always wants unless args set them:
-// -nostdin (no terminal), -i 127.0.0.1, and a free control port (-cp,
-// default 8888 would clash between parallel runs) and media port (-mp,
-// default 6000, which the uas scenario binds along with port+2).
+// -nostdin (no terminal), -i 127.0.0.1, and a free media port (-mp,
+// default 6000, which the uas scenario binds along with port+2). No -cp:
+// without it SIPp takes the first free control port from 8888 on, while a
+// port chosen here can be taken by another process before SIPp binds it
+// ("Unable to bind remote control socket", exit 254).
 func sippArgs(t testing.TB, args []string) []string {
 	t.Helper()
 	out := slices.Clone(args)
@@ -57,9 +59,6 @@ func sippArgs(t testing.TB, args []string) []string {
 	}
 	if !slices.Contains(args, "-i") {
 		out = append([]string{"-i", "127.0.0.1"}, out...)
-	}
-	if !slices.Contains(args, "-cp") {
-		out = append([]string{"-cp", strconv.Itoa(FreePort(t))}, out...)
 	}
 	if !slices.Contains(args, "-mp") {
 		out = append([]string{"-mp", strconv.Itoa(FreePortRange(t, 4))}, out...)
