@@ -89,7 +89,13 @@ func New(cfg Config, log *slog.Logger, m *Metrics) (*B2BUA, error) {
 		ua.Close()
 		return nil, fmt.Errorf("b2bua: %w", err)
 	}
-	b = &B2BUA{cfg: cfg, log: log, m: m, ua: ua, srv: srv, bindings: cfg.Bindings,
+	bindings := cfg.Bindings
+	if _, local := bindings.(*MemoryBindings); !local {
+		// A shared store (Redis): keep routing to known phones through
+		// its outages.
+		bindings = newFallbackBindings(bindings, cfg.Now)
+	}
+	b = &B2BUA{cfg: cfg, log: log, m: m, ua: ua, srv: srv, bindings: bindings,
 		cps: newLimiter(cfg.MaxCPS), rate: newSourceLimiter(cfg.RateLimit),
 		calls: map[string]*call{}, dialogs: map[string]*leg{}}
 	rand.Read(b.callKey[:])
