@@ -431,7 +431,7 @@ func (b *B2BUA) bAnswered(ctx context.Context, c *call, breq *sip.Request, res *
 	al.mu.Lock()
 	al.confirmed = true
 	al.mu.Unlock()
-	c.log.Info("call answered", "code", res.StatusCode)
+	c.log.Debug("call answered", "code", res.StatusCode)
 	ack := b.respond2xx(c, al, al.inviteTx, al.invite, res, body)
 	if ack == nil {
 		select {

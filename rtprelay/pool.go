@@ -1,11 +1,13 @@
 package rtprelay
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
 	"net/netip"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -65,8 +67,13 @@ func (p *pool) get() (*pair, error) {
 		port := p.min + 2*f.idx
 		pr, err := p.bind(port)
 		if err != nil {
+			// Not quarantined anew (nothing of a call can arrive on a port
+			// we never bound): back of the queue with its old time.
 			lastErr = err
-			p.pushLocked(freePair{idx: f.idx, freed: now})
+			p.pushLocked(f)
+			if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) || errors.Is(err, syscall.ENOBUFS) {
+				break // out of descriptors: every other pair fails the same way
+			}
 			continue
 		}
 		pr.idx = f.idx

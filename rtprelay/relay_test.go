@@ -2,6 +2,7 @@ package rtprelay
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -65,4 +66,55 @@ func TestProbePorts(t *testing.T) {
 	if errors.Is(err, ErrNoPorts) {
 		t.Errorf("ProbePorts error %v must not be ErrNoPorts", err)
 	}
+}
+
+// TestPoolBindFailureNotQuarantined: a pair that could not be bound (its
+// port busy elsewhere) is not quarantined: it is usable as soon as the port
+// is free again.
+func TestPoolBindFailureNotQuarantined(t *testing.T) {
+	base := 0
+	var held []net.PacketConn
+	for try := 0; try < 50 && base == 0; try++ {
+		// Two adjacent even pairs we can hold.
+		c, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := c.LocalAddr().(*net.UDPAddr).Port &^ 1
+		c.Close()
+		held = held[:0]
+		ok := true
+		for port := p; port < p+4; port++ {
+			h, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
+			if err != nil {
+				ok = false
+				break
+			}
+			held = append(held, h)
+		}
+		if ok {
+			base = p
+		} else {
+			for _, h := range held {
+				h.Close()
+			}
+		}
+	}
+	if base == 0 {
+		t.Skip("no four adjacent free ports")
+	}
+	inUse := prometheus.NewGauge(prometheus.GaugeOpts{Name: "x"})
+	pl := newPool(netip.MustParseAddr("127.0.0.1"), base, base+3, time.Hour, inUse)
+	if _, err := pl.get(); !errors.Is(err, ErrNoPorts) {
+		t.Fatalf("get with every port busy = %v, want ErrNoPorts", err)
+	}
+	for _, h := range held {
+		h.Close()
+	}
+	pr, err := pl.get()
+	if err != nil {
+		t.Fatalf("get once the ports are free = %v; a failed bind must not quarantine the pair", err)
+	}
+	pr.rtp.Close()
+	pr.rtcp.Close()
 }

@@ -139,6 +139,7 @@ sip:
   domain: example.com
   pbx: "sip:{{.Callee}}"
   trusted: ["` + calleeIP + `/32"]
+  pbx_ping: 0s   # the SIPp callee does not expect OPTIONS
 rtp:
   listen: ` + relayIP + `
   port_min: 1024
