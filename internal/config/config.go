@@ -119,7 +119,8 @@ type RTP struct {
 	PortMax     int       `yaml:"port_max"`
 	Timeout     Duration  `yaml:"timeout"`
 	HoldTimeout Duration  `yaml:"hold_timeout"`
-	Engine      string    `yaml:"engine"` // goroutine|epoll
+	Quarantine  Duration  `yaml:"quarantine"` // a freed port pair stays unused this long
+	Engine      string    `yaml:"engine"`     // goroutine|epoll
 	Workers     int       `yaml:"workers"`
 	Backend     string    `yaml:"backend"` // embedded|rtpengine
 	Rtpengine   Rtpengine `yaml:"rtpengine"`
@@ -166,13 +167,14 @@ func Default() *Config {
 			PBXPing:        Duration(5 * time.Second),
 		},
 		RTP: RTP{
-			Listen:    "0.0.0.0",
-			PortMin:   20000,
-			PortMax:   29999,
-			Timeout:   Duration(60 * time.Second),
-			Engine:    "epoll",
-			Backend:   "embedded",
-			Rtpengine: Rtpengine{NG: "127.0.0.1:22222"},
+			Listen:     "0.0.0.0",
+			PortMin:    20000,
+			PortMax:    29999,
+			Timeout:    Duration(60 * time.Second),
+			Quarantine: Duration(5 * time.Second),
+			Engine:     "epoll",
+			Backend:    "embedded",
+			Rtpengine:  Rtpengine{NG: "127.0.0.1:22222"},
 		},
 		Shutdown: Shutdown{Drain: Duration(30 * time.Second)},
 	}

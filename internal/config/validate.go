@@ -284,6 +284,9 @@ func (c *Config) Validate() error {
 	if c.RTP.HoldTimeout.D() < 0 {
 		bad("rtp.hold_timeout", "must not be negative, got %s", c.RTP.HoldTimeout)
 	}
+	if c.RTP.Quarantine.D() <= 0 {
+		bad("rtp.quarantine", "must be positive, got %s", c.RTP.Quarantine)
+	}
 	oneOf("rtp.engine", c.RTP.Engine, "goroutine", "epoll")
 	if c.RTP.Workers < 0 || c.RTP.Workers > 256 {
 		bad("rtp.workers", "must be 0 (one per CPU) to 256, got %d", c.RTP.Workers)
