@@ -123,6 +123,12 @@ func (b *B2BUA) newCall(req *sip.Request, tx sip.ServerTransaction) {
 		mf = sip.MaxForwardsHeader(h.Val() - 1)
 	}
 	trusted := b.cfg.trusted(req.Source())
+	if !trusted && b.isOwnCallID(callid.Value()) {
+		// Our own B-leg INVITE came back from an untrusted source: sip.pbx
+		// (or a phone's proxy) points at the gateway itself.
+		b.respond(tx, req, 482, "Loop Detected")
+		return
+	}
 	origin := "phone"
 	if trusted {
 		origin = "pbx"
@@ -876,6 +882,7 @@ func (b *B2BUA) addCall(c *call) {
 	b.callsMu.Lock()
 	b.pending--
 	b.calls[c.mediaID] = c
+	b.outCallIDs[c.b.callID]++
 	b.callsMu.Unlock()
 	b.addDialog(c.a)
 	b.m.CallsActive.Inc()
@@ -884,6 +891,9 @@ func (b *B2BUA) addCall(c *call) {
 func (b *B2BUA) removeCall(c *call) {
 	b.callsMu.Lock()
 	delete(b.calls, c.mediaID)
+	if b.outCallIDs[c.b.callID]--; b.outCallIDs[c.b.callID] <= 0 {
+		delete(b.outCallIDs, c.b.callID)
+	}
 	delete(b.dialogs, c.a.key())
 	if c.b.localTag != "" {
 		delete(b.dialogs, c.b.key())
@@ -926,6 +936,13 @@ func (b *B2BUA) hangupAll(reason string) {
 		wg.Go(func() { b.endCall(c, nil, resultAnswered, 0, reason) })
 	}
 	wg.Wait()
+}
+
+// isOwnCallID reports whether callID is the Call-ID of one of our B-legs.
+func (b *B2BUA) isOwnCallID(callID string) bool {
+	b.callsMu.Lock()
+	defer b.callsMu.Unlock()
+	return b.outCallIDs[callID] > 0
 }
 
 // callsSnapshot returns the calls in progress.

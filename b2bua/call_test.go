@@ -654,3 +654,38 @@ func TestCallPhoneOverTCP(t *testing.T) {
 	}
 	waitCallsEnded(t, b)
 }
+
+// TestCallLoopDetected: sip.pbx pointing at the gateway itself makes the
+// B-leg INVITE come back from an untrusted address: 482, not 70 calls.
+func TestCallLoopDetected(t *testing.T) {
+	// The gateway's own UDP port is only known after Listen: point sip.pbx
+	// at a relay socket that sends everything back to the gateway.
+	loop, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer loop.Close()
+	b, _, gw := startCallGateway(t, loop.LocalAddr().String(), CallOptions{})
+	gwAddr, _ := net.ResolveUDPAddr("udp", gw)
+	go func() {
+		buf := make([]byte, 65535)
+		for {
+			n, _, err := loop.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			// Forward INVITEs (only) back to the gateway, unchanged.
+			if strings.HasPrefix(string(buf[:n]), "INVITE ") {
+				loop.WriteTo(buf[:n], gwAddr)
+			}
+		}
+	}()
+	phone := startPeer(t, "127.0.0.1")
+	_, res := phone.call(t, gw, "sip:bob@example.com", testSDP)
+	// The 482 goes to the looped INVITE's top Via, the gateway's own, so
+	// it ends the B-leg transaction and reaches the phone.
+	if res.StatusCode != 482 {
+		t.Errorf("looping call = %d, want 482", res.StatusCode)
+	}
+	waitCallsEnded(t, b)
+}
