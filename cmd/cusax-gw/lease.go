@@ -14,15 +14,21 @@ import (
 
 // newXMPPLease returns the Redis lease the component runs under
 // (xmpp.lease, config.LeaseEnabled), or nil when every instance connects.
+// The lease metrics are registered either way; without a lease
+// cusax_xmpp_lease_held is 1 (this instance runs the component on its
+// own), so that alerts need not know whether a gateway uses the lease:
+// held 0 always means a standby (docs/metrics.md).
 func newXMPPLease(cfg *config.Config, store identity.Store, log *slog.Logger, reg prometheus.Registerer) (*lease.Lease, error) {
+	m := lease.NewMetrics(reg)
 	rs, ok := store.(*identity.RedisStore)
 	if !cfg.LeaseEnabled() || !ok {
+		m.Held.Set(1)
 		return nil, nil
 	}
 	return lease.New(lease.Config{
 		Client: rs.Client(),
 		Key:    cfg.Identity.Redis.KeyPrefix + "lease:xmpp:" + cfg.XMPP.Component,
-	}, log, lease.NewMetrics(reg))
+	}, log, m)
 }
 
 // runXMPP runs the component, under the lease when there is one.

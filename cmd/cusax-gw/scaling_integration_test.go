@@ -164,8 +164,10 @@ func TestIntegrationTwoGatewaysEjabberd(t *testing.T) {
 	for i, g := range []*gatewayProc{gw1, gw2} {
 		waitCond(t, 20*time.Second, fmt.Sprintf("gateway %d's component up", i+1), func() (bool, string) {
 			m := g.metrics()
-			_, leased := m["cusax_xmpp_lease_held"]
-			return m["cusax_xmpp_component_up"] == 1 && !leased, fmt.Sprintf("up %v, lease metric present %v", m["cusax_xmpp_component_up"], leased)
+			// Without a lease every instance runs the component: held 1,
+			// never acquired.
+			held, acq := m["cusax_xmpp_lease_held"], m["cusax_xmpp_lease_acquired_total"]
+			return m["cusax_xmpp_component_up"] == 1 && held == 1 && acq == 0, fmt.Sprintf("up %v, lease held %v acquired %v", m["cusax_xmpp_component_up"], held, acq)
 		})
 	}
 	// Both serve the map: bob, written through gateway 2, is published
