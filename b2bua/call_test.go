@@ -157,8 +157,10 @@ func startPeerOn(t *testing.T, network, host string) *sipPeer {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		srv.ListenAndServe(context.WithValue(ctx, sipgo.ListenReadyCtxKey,
-			sipgo.ListenReadyFuncCtxValue(func(_, addr string) { ready <- addr })), network, host+":0")
+		//lint:ignore SA1029 sipgo defines this key as a string; it is its API
+		readyCtx := context.WithValue(ctx, sipgo.ListenReadyCtxKey,
+			sipgo.ListenReadyFuncCtxValue(func(_, addr string) { ready <- addr }))
+		srv.ListenAndServe(readyCtx, network, host+":0")
 	}()
 	var addr string
 	select {
