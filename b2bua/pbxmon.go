@@ -12,8 +12,8 @@ import (
 // it would wait the whole transaction timeout (32 s) before the phone got
 // its 408, by which time the phone had given up. So the gateway pings the
 // PBX with OPTIONS from its listening socket every PBXPing and marks it
-// down after two unanswered pings or one forwarded request that timed
-// out; while it is down, REGISTERs and calls from phones get 503 with
+// down after two unanswered pings or (pings on) one forwarded request that
+// timed out; while it is down, REGISTERs and calls from phones get 503 with
 // Retry-After at once. One answered ping (any status) marks it up again.
 
 const pbxFailuresDown = 2
@@ -38,6 +38,9 @@ func (b *B2BUA) setPBXDown(down bool, why string) {
 
 // pbxTimedOut notes a forwarded request that got no answer.
 func (b *B2BUA) pbxTimedOut(err error) {
+	if b.cfg.PBXPing <= 0 {
+		return // without pings nothing would ever mark it up again
+	}
 	if errors.Is(err, sip.ErrTransactionTimeout) || errors.Is(err, context.DeadlineExceeded) {
 		b.setPBXDown(true, "request timed out")
 	}

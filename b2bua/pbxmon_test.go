@@ -1,6 +1,7 @@
 package b2bua
 
 import (
+	"context"
 	"net"
 	"testing"
 	"time"
@@ -43,5 +44,15 @@ func TestPBXUpWhileAnswering(t *testing.T) {
 	}
 	if got := metric(t, b.m.PBXUp); got != 1 {
 		t.Errorf("cusax_sip_pbx_up = %v, want 1", got)
+	}
+}
+
+// TestPBXTimeoutWithoutPingsKeepsUp: with pings off nothing could mark the
+// PBX up again, so a timed-out request must not mark it down.
+func TestPBXTimeoutWithoutPingsKeepsUp(t *testing.T) {
+	b, _, _ := startCallGateway(t, "127.0.0.2:9", CallOptions{})
+	b.pbxTimedOut(context.DeadlineExceeded)
+	if !b.PBXUp() {
+		t.Error("a timeout with pbx_ping off marked the PBX down for good")
 	}
 }

@@ -90,7 +90,9 @@ DOMAIN=$DOMAIN COMPONENT=$COMPONENT SECRET_FILE=$DEMO/xmpp-secret \
 if [ -z "$PBX" ]; then
 	KAM_DIR=$DEMO/kamailio
 	mkdir -p "$KAM_DIR"
-	go run ./scripts/rig/kamailiocfg -host 127.0.0.2 -port "$PBX_PORT" -domain "$DOMAIN" >"$KAM_DIR/kamailio.cfg"
+	# The PBX's number table: dialling alice's or bob's number rings them.
+	go run ./scripts/rig/kamailiocfg -host 127.0.0.2 -port "$PBX_PORT" -domain "$DOMAIN" \
+		-number "+15551230001=alice,+15551230002=bob" >"$KAM_DIR/kamailio.cfg"
 	KAMAILIO=$(PATH=$PATH:/usr/sbin command -v kamailio)
 	setsid "$KAMAILIO" -f "$KAM_DIR/kamailio.cfg" -DD -E -m 32 -M 8 -Y "$KAM_DIR" -w "$KAM_DIR" \
 		>"$KAM_DIR/kamailio.log" 2>&1 </dev/null &
@@ -147,7 +149,7 @@ cat <<EOF
    account  sip:alice@$DOMAIN   outbound proxy  sip:127.0.0.1:$SIP_PORT (UDP or TCP)
    Registrations pass through the gateway to the PBX at $PBX
    (a local Kamailio unless DEMO_PBX is set). Register alice and bob and
-   call sip:bob@$DOMAIN from alice: bob's phone rings with
+   call bob from alice (dial +15551230002 or sip:bob@$DOMAIN): bob's phone rings with
    Call-Info: <xmpp:alice@$DOMAIN>;purpose=impp, audio goes through the
    gateway's relay (ports 20000-20999).
 

@@ -165,11 +165,13 @@ func KamailioConfig(port int, domains []string) (string, error) {
 // KamailioConfigOn is KamailioConfig listening on host instead of
 // 127.0.0.1.
 func KamailioConfigOn(host string, port int, domains []string) (string, error) {
-	return kamailioConfigWith(host, port, domains, nil)
+	return KamailioConfigWith(host, port, domains, nil)
 }
 
-// kamailioConfigWith is KamailioConfigOn with a number-to-user map.
-func kamailioConfigWith(host string, port int, domains []string, numbers map[string]string) (string, error) {
+// KamailioConfigWith is KamailioConfigOn with a number-to-user map (the
+// Request-URI user rewritten before the location lookup, like a PBX's
+// number table).
+func KamailioConfigWith(host string, port int, domains []string, numbers map[string]string) (string, error) {
 	if net.ParseIP(host) == nil {
 		return "", fmt.Errorf("testenv: kamailio host %q is not an IP address", host)
 	}
@@ -215,7 +217,7 @@ func StartKamailioOptions(t testing.TB, opts KamailioOptions) *Kamailio {
 		opts.Host = "127.0.0.1"
 	}
 	k := &Kamailio{Addr: net.JoinHostPort(opts.Host, strconv.Itoa(port)), Dir: dir}
-	conf, err := kamailioConfigWith(opts.Host, port, opts.Domains, opts.Numbers)
+	conf, err := KamailioConfigWith(opts.Host, port, opts.Domains, opts.Numbers)
 	if err != nil {
 		t.Fatal(err)
 	}
