@@ -24,6 +24,9 @@ func newFallbackBindings(store Bindings, now func() time.Time) *fallbackBindings
 	return &fallbackBindings{store: store, mirror: NewMemoryBindings(now)}
 }
 
+// Unwrap returns the shared store.
+func (f *fallbackBindings) Unwrap() Bindings { return f.store }
+
 func (f *fallbackBindings) Put(ctx context.Context, b Binding) error {
 	f.mirror.Put(ctx, b)
 	return f.store.Put(ctx, b)
