@@ -5,7 +5,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/redis/go-redis/v9"
@@ -21,11 +24,58 @@ func (r redisLog) Printf(ctx context.Context, format string, v ...any) {
 	r.log.Debug("redis client", "err", strings.TrimSpace(fmt.Sprintf(format, v...)))
 }
 
-// quietLibraries points the libraries' process-wide loggers at log. Call
-// it before anything starts: the libraries do not synchronise them.
+// quietLibraries points the libraries' process-wide loggers at log. The
+// libraries read their globals unsynchronised, so they are set once per
+// process, to handlers that forward to whatever logger the latest command
+// gave (tests run several commands in one process, while goroutines of an
+// earlier command's SIP stack may still be winding down).
 func quietLibraries(log *slog.Logger) {
-	redis.SetLogger(redisLog{log.With("subsystem", "identity")})
-	sip.SetDefaultLogger(slog.New(sipgoHandler{log.With("subsystem", "sipgo").Handler()}))
+	h := log.Handler()
+	libHandler.Store(&h)
+	quietOnce.Do(func() {
+		fwd := slog.New(forwardHandler{})
+		redis.SetLogger(redisLog{fwd.With("subsystem", "identity")})
+		sip.SetDefaultLogger(slog.New(sipgoHandler{fwd.With("subsystem", "sipgo").Handler()}))
+	})
+}
+
+var (
+	quietOnce  sync.Once
+	libHandler atomic.Pointer[slog.Handler]
+)
+
+// forwardHandler sends records to the handler quietLibraries stored last,
+// applying the attributes and groups the library added on the way.
+type forwardHandler struct {
+	ops []func(slog.Handler) slog.Handler
+}
+
+func (f forwardHandler) current() slog.Handler {
+	p := libHandler.Load()
+	if p == nil {
+		return slog.DiscardHandler
+	}
+	h := *p
+	for _, op := range f.ops {
+		h = op(h)
+	}
+	return h
+}
+
+func (f forwardHandler) Enabled(ctx context.Context, l slog.Level) bool {
+	return f.current().Enabled(ctx, l)
+}
+
+func (f forwardHandler) Handle(ctx context.Context, r slog.Record) error {
+	return f.current().Handle(ctx, r)
+}
+
+func (f forwardHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return forwardHandler{ops: append(slices.Clip(f.ops), func(h slog.Handler) slog.Handler { return h.WithAttrs(as) })}
+}
+
+func (f forwardHandler) WithGroup(name string) slog.Handler {
+	return forwardHandler{ops: append(slices.Clip(f.ops), func(h slog.Handler) slog.Handler { return h.WithGroup(name) })}
 }
 
 // sipgoHandler tames sipgo's transport logging: an unparseable message is

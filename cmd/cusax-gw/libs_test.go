@@ -29,3 +29,16 @@ func TestSipgoParseErrorsDemotedAndRedacted(t *testing.T) {
 		}
 	}
 }
+
+func TestLibraryLogsFollowTheLatestCommand(t *testing.T) {
+	var first, second bytes.Buffer
+	quietLibraries(slog.New(slog.NewTextHandler(&first, nil)))
+	// A library derives its logger while the first command runs...
+	lib := slog.New(forwardHandler{}).With("caller", "lib")
+	quietLibraries(slog.New(slog.NewTextHandler(&second, nil)))
+	// ...and logs after the second started: the record goes there.
+	lib.Info("hello")
+	if first.Len() != 0 || !strings.Contains(second.String(), "caller=lib") {
+		t.Errorf("first %q second %q: want the record, with its attribute, in the latest logger only", first.String(), second.String())
+	}
+}
