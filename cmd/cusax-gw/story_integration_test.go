@@ -112,6 +112,13 @@ func runStory(t *testing.T, x xmppSide) {
 	wantReach := []string{"sip:alice@" + x.Domain, "tel:" + aliceTel}
 	d := waitCond(t, 60*time.Second, "bob's client sees alice's reach addresses", func() (bool, string) {
 		got, err := bc.reachOf(alice)
+		if err != nil {
+			// Not subscribed yet: alice's "subscribed" can reach her server
+			// before bob's "subscribe" did (two sessions), and ejabberd then
+			// drops it. The exchange is idempotent: repeat it.
+			bc.presence(stanza.SubscribePresence, alice)
+			ac.presence(stanza.SubscribedPresence, bob)
+		}
 		return err == nil && slices.Equal(got, wantReach), fmt.Sprint(got, err)
 	})
 	t.Logf("bob's client sees alice's reach %v after %v", wantReach, d)
