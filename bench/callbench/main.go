@@ -57,6 +57,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/cusax-gw/cusax-gw/bench/internal/host"
 )
 
 func main() {
@@ -243,8 +245,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	raiseNofile()
 	if o.sippCPU >= 0 {
-		if err := pinSelf(o.sippCPU); err != nil {
-			return err
+		if err := host.PinSelf(o.sippCPU); err != nil {
+			return fmt.Errorf("callbench: %w", err)
 		}
 	}
 	dir, err := os.MkdirTemp(o.workdir, "callbench-")

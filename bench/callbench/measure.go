@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/cusax-gw/cusax-gw/bench/internal/host"
 )
 
 // measure starts the system and the callee, places rate x duration calls
@@ -20,12 +22,12 @@ import (
 func measure(ctx context.Context, o *options, dir, name string, rate int, perf string) (res *result, err error) {
 	res = &result{rate: rate, system: name, expected: int(math.Round(float64(rate) * o.duration.Seconds()))}
 	for start := time.Now(); ; {
-		res.busy = machineBusy(o.busyProbe)
+		res.busy = host.MachineBusy(o.busyProbe)
 		if o.idleBelow <= 0 || res.busy < o.idleBelow || time.Since(start) > o.idleWait || ctx.Err() != nil {
 			break
 		}
 	}
-	res.load = loadavg()
+	res.load = host.Loadavg()
 	mdir, err := os.MkdirTemp(dir, fmt.Sprintf("%s-%d-", name, rate))
 	if err != nil {
 		return nil, err

@@ -5,7 +5,6 @@ package main
 import (
 	"bytes"
 	"fmt"
-	"math"
 	"os"
 	"strconv"
 	"strings"
@@ -111,40 +110,6 @@ func pss(pid int) (int64, error) {
 	return statusKB(fmt.Sprintf("/proc/%d/smaps_rollup", pid), "Pss")
 }
 
-// pinSelf binds every thread of this process to cpu. Threads created
-// later inherit the mask of the thread that creates them.
-func pinSelf(cpu int) error {
-	var set unix.CPUSet
-	set.Set(cpu)
-	ents, err := os.ReadDir("/proc/self/task")
-	if err != nil {
-		return err
-	}
-	for _, e := range ents {
-		tid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if err := unix.SchedSetaffinity(tid, &set); err != nil && err != unix.ESRCH {
-			return fmt.Errorf("callbench: sched_setaffinity(%d, cpu %d): %w", tid, cpu, err)
-		}
-	}
-	return nil
-}
-
-// loadavg returns the first three fields of /proc/loadavg.
-func loadavg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "?"
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return "?"
-	}
-	return strings.Join(f[:3], "/")
-}
-
 // nofile is the open-file limit the systems get: deploy/cusax-gw.service's
 // LimitNOFILE. The gateway holds four sockets per call in progress.
 const nofile = 65536
@@ -173,37 +138,4 @@ func nofileLimit() uint64 {
 	var rl unix.Rlimit
 	unix.Getrlimit(unix.RLIMIT_NOFILE, &rl)
 	return rl.Cur
-}
-
-// cpuTimes returns the busy and total jiffies of all CPUs (/proc/stat).
-func cpuTimes() (busy, total uint64) {
-	b, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return 0, 0
-	}
-	l, _, _ := strings.Cut(string(b), "\n")
-	f := strings.Fields(l)
-	if len(f) < 5 || f[0] != "cpu" {
-		return 0, 0
-	}
-	for i, v := range f[1:] {
-		n, _ := strconv.ParseUint(v, 10, 64)
-		total += n
-		if i != 3 && i != 4 { // idle, iowait
-			busy += n
-		}
-	}
-	return busy, total
-}
-
-// machineBusy returns the fraction of all CPUs busy during d (measured
-// while the harness and its systems are idle: other programs).
-func machineBusy(d time.Duration) float64 {
-	b0, t0 := cpuTimes()
-	time.Sleep(d)
-	b1, t1 := cpuTimes()
-	if t1 <= t0 {
-		return math.NaN()
-	}
-	return float64(b1-b0) / float64(t1-t0)
 }

@@ -53,6 +53,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cusax-gw/cusax-gw/bench/internal/host"
 	"github.com/cusax-gw/cusax-gw/internal/config"
 )
 
@@ -203,8 +204,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	raiseNofile()
 	if o.genCPU >= 0 {
-		if err := pinSelf(o.genCPU); err != nil {
-			return err
+		if err := host.PinSelf(o.genCPU); err != nil {
+			return fmt.Errorf("relaybench: %w", err)
 		}
 	}
 	dir, err := os.MkdirTemp("", "relaybench-")
@@ -248,12 +249,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 func measure(ctx context.Context, o *options, dir, name string, streams int) (res *result, err error) {
 	res = &result{streams: streams, system: name, cpuPerPkt: math.NaN()}
 	for start := time.Now(); ; {
-		res.busy = machineBusy(o.busyProbe)
+		res.busy = host.MachineBusy(o.busyProbe)
 		if o.idleBelow <= 0 || res.busy < o.idleBelow || time.Since(start) > o.idleWait || ctx.Err() != nil {
 			break
 		}
 	}
-	res.load = loadavg()
+	res.load = host.Loadavg()
 	var sys system
 	switch name {
 	case "goroutine", "epoll":

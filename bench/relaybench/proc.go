@@ -8,7 +8,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -73,41 +72,6 @@ func selfCPU() int64 {
 	return ru.Utime.Nano() + ru.Stime.Nano()
 }
 
-// pinSelf binds every thread of this process to cpu. Threads created
-// later inherit the mask of the thread that creates them, so the whole
-// process stays there.
-func pinSelf(cpu int) error {
-	var set unix.CPUSet
-	set.Set(cpu)
-	ents, err := os.ReadDir("/proc/self/task")
-	if err != nil {
-		return err
-	}
-	for _, e := range ents {
-		tid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if err := unix.SchedSetaffinity(tid, &set); err != nil && err != unix.ESRCH {
-			return fmt.Errorf("relaybench: sched_setaffinity(%d, cpu %d): %w", tid, cpu, err)
-		}
-	}
-	return nil
-}
-
-// loadavg returns the first three fields of /proc/loadavg.
-func loadavg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "?"
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return "?"
-	}
-	return strings.Join(f[:3], "/")
-}
-
 // raiseNofile sets the soft open-file limit to the hard one. Calling
 // Setrlimit ourselves also makes children (rtpengine, the relay) inherit
 // it: Go restores the original soft limit in children unless the program
@@ -118,39 +82,6 @@ func raiseNofile() {
 		rl.Cur = rl.Max
 		unix.Setrlimit(unix.RLIMIT_NOFILE, &rl)
 	}
-}
-
-// cpuTimes returns the busy and total jiffies of all CPUs (/proc/stat).
-func cpuTimes() (busy, total uint64) {
-	b, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return 0, 0
-	}
-	l, _, _ := strings.Cut(string(b), "\n")
-	f := strings.Fields(l)
-	if len(f) < 5 || f[0] != "cpu" {
-		return 0, 0
-	}
-	for i, v := range f[1:] {
-		n, _ := strconv.ParseUint(v, 10, 64)
-		total += n
-		if i != 3 && i != 4 { // idle, iowait
-			busy += n
-		}
-	}
-	return busy, total
-}
-
-// machineBusy returns the fraction of all CPUs busy during d (everything
-// running on the machine: measured while the harness itself is idle).
-func machineBusy(d time.Duration) float64 {
-	b0, t0 := cpuTimes()
-	time.Sleep(d)
-	b1, t1 := cpuTimes()
-	if t1 <= t0 {
-		return nan
-	}
-	return float64(b1-b0) / float64(t1-t0)
 }
 
 // udpDrops returns the receive-queue drops of the IPv4 UDP sockets on
