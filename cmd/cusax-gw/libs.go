@@ -62,8 +62,12 @@ func (f forwardHandler) current() slog.Handler {
 	return h
 }
 
+// Enabled asks the stored handler itself: attributes and groups do not
+// change the level, and sipgo asks on every transaction (no chain built
+// for records that are dropped).
 func (f forwardHandler) Enabled(ctx context.Context, l slog.Level) bool {
-	return f.current().Enabled(ctx, l)
+	p := libHandler.Load()
+	return p != nil && (*p).Enabled(ctx, l)
 }
 
 func (f forwardHandler) Handle(ctx context.Context, r slog.Record) error {
