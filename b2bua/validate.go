@@ -11,7 +11,27 @@ import (
 // through but a UAS must refuse.
 
 // singleHeaders may appear once only.
-var singleHeaders = []string{"From", "To", "Call-ID", "CSeq", "Max-Forwards", "Content-Length", "Content-Type"}
+var singleHeaders = [...]string{"From", "To", "Call-ID", "CSeq", "Max-Forwards", "Content-Length", "Content-Type"}
+
+// repeatedSingleHeader returns the first of singleHeaders that req carries
+// more than once, or "": one pass over the headers (this runs on every
+// request).
+func repeatedSingleHeader(req *sip.Request) string {
+	var seen [len(singleHeaders)]bool
+	for _, h := range req.Headers() {
+		name := h.Name()
+		for i, s := range singleHeaders {
+			if strings.EqualFold(name, s) {
+				if seen[i] {
+					return s
+				}
+				seen[i] = true
+				break
+			}
+		}
+	}
+	return ""
+}
 
 // rejection is a response refusing a request.
 type rejection struct {
@@ -31,10 +51,8 @@ func checkRequest(req *sip.Request) *rejection {
 	if req.CSeq().MethodName != req.Method {
 		return &rejection{code: 400, reason: "Bad Request", hdrs: warning("CSeq method differs from the request's")}
 	}
-	for _, name := range singleHeaders {
-		if len(req.GetHeaders(name)) > 1 {
-			return &rejection{code: 400, reason: "Bad Request", hdrs: warning("more than one " + name)}
-		}
+	if name := repeatedSingleHeader(req); name != "" {
+		return &rejection{code: 400, reason: "Bad Request", hdrs: warning("more than one " + name)}
 	}
 	switch strings.ToLower(req.Recipient.Scheme) {
 	case "sip", "sips", "tel":
