@@ -636,7 +636,7 @@ func (b *B2BUA) OnMediaTimeout(mediaID string) {
 // route finds the phone binding a call from the PBX goes to.
 func (b *B2BUA) route(ctx context.Context, ruri sip.Uri) (Binding, int, string) {
 	if strings.HasPrefix(ruri.User, tokenPrefix) {
-		bd, err := b.bindings.ByToken(ctx, ruri.User)
+		bd, err := b.bindingByToken(ctx, ruri.User)
 		if err == nil {
 			return bd, 0, ""
 		}
@@ -645,7 +645,7 @@ func (b *B2BUA) route(ctx context.Context, ruri sip.Uri) (Binding, int, string) 
 		}
 		return Binding{}, 503, "Service Unavailable"
 	}
-	bs, err := b.bindings.ByAOR(ctx, aorOf(ruri))
+	bs, err := b.bindingsByAOR(ctx, aorOf(ruri))
 	if err != nil {
 		return Binding{}, 503, "Service Unavailable"
 	}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/emiago/sipgo"
@@ -66,6 +67,9 @@ type pbxTarget struct {
 	uri       sip.Uri
 	transport string // UDP|TCP|TLS|WS|WSS
 	hostport  string
+	// registering marks the REGISTERs in flight toward this PBX, for
+	// route (bindings_inflight.go); set by parsePBX.
+	registering *regFlights
 }
 
 func parsePBX(s string) (pbxTarget, error) {
@@ -85,6 +89,7 @@ func parsePBX(s string) (pbxTarget, error) {
 		port = sip.DefaultPort(t.transport)
 	}
 	t.hostport = net.JoinHostPort(t.uri.Host, strconv.Itoa(port))
+	t.registering = &regFlights{}
 	return t, nil
 }
 
@@ -255,6 +260,15 @@ func (b *B2BUA) onRegister(req *sip.Request, tx sip.ServerTransaction) {
 	fwd.SetDestination(b.pbx.hostport)
 	fwd.SetBody(nil)
 
+	// Routing waits for these keys until the bindings are written (the
+	// REGISTER/INVITE race, bindings_inflight.go).
+	keys := make([]string, 0, len(pending)+1)
+	for _, p := range pending {
+		keys = append(keys, p.token)
+	}
+	endFlight := sync.OnceFunc(b.pbx.registering.begin(append(keys, aor)))
+	defer endFlight()
+
 	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.PBXTimeout)
 	defer cancel()
 	res, err := b.doPBX(ctx, fwd)
@@ -284,6 +298,7 @@ func (b *B2BUA) onRegister(req *sip.Request, tx sip.ServerTransaction) {
 	if res.StatusCode >= 200 && res.StatusCode < 300 {
 		b.applyRegistration(ctx, log, req, res, out, aor, pending, wildcard)
 	}
+	endFlight()
 	out.AppendHeader(sip.NewHeader("Server", b.cfg.UserAgent))
 	if err := tx.Respond(out); err != nil {
 		log.Debug("respond failed", "status", res.StatusCode, "err", err)
