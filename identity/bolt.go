@@ -30,6 +30,11 @@ type BoltOptions struct {
 	// WatchBuffer is each watcher's event buffer [1024]. A watcher that
 	// falls further behind catches up from the log.
 	WatchBuffer int
+	// TombstoneMaxAge is how long an unacknowledged tombstone is kept
+	// [DefaultTombstoneMaxAge].
+	TombstoneMaxAge time.Duration
+	// Now is the clock of tombstones [time.Now]; for tests.
+	Now func() time.Time
 	// NoSync skips fsync after each write. Only for tests and benchmarks: a
 	// crash of the machine (not of the process) can lose or corrupt data.
 	NoSync bool
@@ -41,16 +46,22 @@ type BoltOptions struct {
 // included, is either entirely on disk or not at all. One process at a
 // time holds the file; its change feed is in-process.
 //
-// The file has five buckets: "identities" (JID -> JSON), "index" (key such
-// as "tel:+15551230001" -> JID), "meta" (revision, count, schema), "log"
-// (revision, 8 bytes big-endian -> JSON event; the last LogSize) and
-// "credentials" (AOR -> JSON Credential, hashes only).
+// The file has seven buckets: "identities" (JID -> JSON), "index" (key
+// such as "tel:+15551230001" -> JID), "meta" (revision, count, schema),
+// "log" (revision, 8 bytes big-endian -> JSON event; the last LogSize),
+// "credentials" (AOR -> JSON Credential, hashes only), "tombstones" (JID
+// -> JSON {"rev","time"}, time in Unix nanoseconds) and "tombtimes"
+// (deletion time, 8 bytes big-endian Unix nanoseconds, then the JID ->
+// empty; the expiry order). Files written before tombstones existed get
+// the two buckets when opened; older versions of cusax-gw ignore them.
 //
 // Open it with OpenBolt. It is safe for concurrent use.
 type BoltStore struct {
 	db      *bolt.DB
 	path    string
 	logSize int
+	maxAge  time.Duration // of tombstones
+	now     func() time.Time
 	feed    *feed
 	wmu     sync.Mutex // orders commits with their publication
 	closed  atomic.Bool
@@ -68,6 +79,8 @@ var (
 	bktMeta       = []byte("meta")
 	bktLog        = []byte("log")
 	bktCreds      = []byte("credentials")
+	bktTombs      = []byte("tombstones")
+	bktTombTimes  = []byte("tombtimes")
 
 	metaRev    = []byte("rev")
 	metaCount  = []byte("count")
@@ -90,6 +103,12 @@ func OpenBolt(path string, opts BoltOptions) (*BoltStore, error) {
 	if opts.LogSize <= 0 {
 		opts.LogSize = defaultLogSize
 	}
+	if opts.TombstoneMaxAge <= 0 {
+		opts.TombstoneMaxAge = DefaultTombstoneMaxAge
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
 	if dir := filepath.Dir(path); dir != "" {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, fmt.Errorf("identity: embedded store: %w", err)
@@ -111,7 +130,7 @@ func OpenBolt(path string, opts BoltOptions) (*BoltStore, error) {
 	}
 	var rev uint64
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bktIdentities, bktIndex, bktMeta, bktLog, bktCreds} {
+		for _, name := range [][]byte{bktIdentities, bktIndex, bktMeta, bktLog, bktCreds, bktTombs, bktTombTimes} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
@@ -130,7 +149,7 @@ func OpenBolt(path string, opts BoltOptions) (*BoltStore, error) {
 		db.Close()
 		return nil, fmt.Errorf("identity: store file %s: %w", path, err)
 	}
-	s := &BoltStore{db: db, path: path, logSize: opts.LogSize}
+	s := &BoltStore{db: db, path: path, logSize: opts.LogSize, maxAge: opts.TombstoneMaxAge, now: opts.Now}
 	s.feed = newFeed(rev, opts.WatchBuffer, s.replay)
 	return s, nil
 }
@@ -305,6 +324,9 @@ func (s *BoltStore) write(ctx context.Context, id Identity, create bool) (Identi
 		} else if err := putUint(meta, metaCount, getUint(meta, metaCount)+1); err != nil {
 			return err
 		}
+		if err := dropTombstone(tx, id.JID); err != nil {
+			return err
+		}
 		rev := getUint(meta, metaRev) + 1
 		id.Version = rev
 		if err := putIdentity(ids, idx, id); err != nil {
@@ -403,6 +425,9 @@ func (s *BoltStore) Delete(ctx context.Context, jid string) error {
 			return err
 		}
 		rev := getUint(meta, metaRev) + 1
+		if err := s.putTombstone(tx, Tombstone{JID: jid, Rev: rev, Time: s.now()}); err != nil {
+			return err
+		}
 		ev = Event{Op: OpDelete, Rev: rev, JID: jid, Identity: old}
 		return s.commitRev(tx, rev, []Event{ev})
 	})
@@ -488,6 +513,9 @@ func (s *BoltStore) Import(ctx context.Context, ids []Identity) error {
 				return err
 			}
 			if err := b.Put([]byte(id.JID), v); err != nil {
+				return err
+			}
+			if err := dropTombstone(tx, id.JID); err != nil {
 				return err
 			}
 			for _, k := range id.Keys()[1:] {
@@ -678,6 +706,132 @@ func (s *BoltStore) DeleteCredential(ctx context.Context, jid, aor string) error
 		}
 		return tx.Bucket(bktCreds).Delete([]byte(aor))
 	}))
+}
+
+// boltTomb is a tombstone as the tombstones bucket stores it.
+type boltTomb struct {
+	Rev  uint64 `json:"rev"`
+	Time int64  `json:"time"` // Unix nanoseconds
+}
+
+func tombTimeKey(nanos int64, jid string) []byte {
+	return append(binary.BigEndian.AppendUint64(nil, uint64(nanos)), jid...)
+}
+
+func readTomb(tx *bolt.Tx, jid string) (boltTomb, bool, error) {
+	v := tx.Bucket(bktTombs).Get([]byte(jid))
+	if v == nil {
+		return boltTomb{}, false, nil
+	}
+	var t boltTomb
+	if err := json.Unmarshal(v, &t); err != nil {
+		return boltTomb{}, false, fmt.Errorf("corrupt tombstone %q: %w", jid, err)
+	}
+	return t, true, nil
+}
+
+// dropTombstone removes jid's tombstone, if any.
+func dropTombstone(tx *bolt.Tx, jid string) error {
+	t, ok, err := readTomb(tx, jid)
+	if err != nil || !ok {
+		return err
+	}
+	if err := tx.Bucket(bktTombTimes).Delete(tombTimeKey(t.Time, jid)); err != nil {
+		return err
+	}
+	return tx.Bucket(bktTombs).Delete([]byte(jid))
+}
+
+// putTombstone replaces t.JID's tombstone with t, after removing up to
+// tombstonePurgeBatch expired ones.
+func (s *BoltStore) putTombstone(tx *bolt.Tx, t Tombstone) error {
+	cutoff := tombTimeKey(t.Time.Add(-s.maxAge).UnixNano(), "")
+	times := tx.Bucket(bktTombTimes)
+	c := times.Cursor()
+	for n, k := 0, []byte(nil); n < tombstonePurgeBatch; n++ {
+		if k, _ = c.First(); k == nil || bytes.Compare(k, cutoff) >= 0 {
+			break
+		}
+		k = bytes.Clone(k)
+		jid := string(k[8:])
+		if old, ok, err := readTomb(tx, jid); err != nil {
+			return err
+		} else if ok && old.Time == int64(binary.BigEndian.Uint64(k)) {
+			if err := tx.Bucket(bktTombs).Delete([]byte(jid)); err != nil {
+				return err
+			}
+		}
+		if err := times.Delete(k); err != nil {
+			return err
+		}
+	}
+	if err := dropTombstone(tx, t.JID); err != nil {
+		return err
+	}
+	v, err := json.Marshal(boltTomb{Rev: t.Rev, Time: t.Time.UnixNano()})
+	if err != nil {
+		return err
+	}
+	if err := tx.Bucket(bktTombs).Put([]byte(t.JID), v); err != nil {
+		return err
+	}
+	return times.Put(tombTimeKey(t.Time.UnixNano(), t.JID), nil)
+}
+
+// Tombstones implements Store.
+func (s *BoltStore) Tombstones(ctx context.Context, after string, limit int) ([]Tombstone, string, error) {
+	var out []Tombstone
+	next := ""
+	now := s.now()
+	err := s.view(ctx, func(tx *bolt.Tx) error {
+		c := tx.Bucket(bktTombs).Cursor()
+		k, v := c.Seek([]byte(after))
+		if k != nil && string(k) == after {
+			k, v = c.Next()
+		}
+		for ; k != nil; k, v = c.Next() {
+			var bt boltTomb
+			if err := json.Unmarshal(v, &bt); err != nil {
+				return fmt.Errorf("corrupt tombstone %q: %w", k, err)
+			}
+			t := Tombstone{JID: string(k), Rev: bt.Rev, Time: time.Unix(0, bt.Time)}
+			if tombstoneExpired(t, now, s.maxAge) {
+				continue
+			}
+			if limit > 0 && len(out) == limit {
+				next = out[len(out)-1].JID
+				break
+			}
+			out = append(out, t)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	return out, next, nil
+}
+
+// AckTombstone implements Store.
+func (s *BoltStore) AckTombstone(ctx context.Context, jid string, rev uint64) (bool, error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if err := s.begin(ctx); err != nil {
+		return false, err
+	}
+	done := false
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		t, ok, err := readTomb(tx, jid)
+		if err != nil || !ok || t.Rev > rev {
+			return err
+		}
+		done = true
+		return dropTombstone(tx, jid)
+	})
+	if err != nil {
+		return false, s.wrap(err)
+	}
+	return done, nil
 }
 
 // Ping implements Store: it reads the revision.

@@ -32,6 +32,12 @@ func TestBoltStore(t *testing.T) {
 	})
 }
 
+func TestBoltTombstoneExpiry(t *testing.T) {
+	storetest.RunTombstoneExpiry(t, func(t *testing.T, maxAge time.Duration, now func() time.Time) identity.Store {
+		return openBolt(t, filepath.Join(t.TempDir(), "identity.db"), identity.BoltOptions{TombstoneMaxAge: maxAge, Now: now, NoSync: true})
+	})
+}
+
 // The suite again with a tiny log and watch buffer: watchers catch up from
 // the log or resync, and must still end with the store's content.
 func TestBoltStoreSmallLog(t *testing.T) {

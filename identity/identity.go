@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Identity is one user of the service: a bare JID with the SIP addresses of
@@ -175,6 +176,31 @@ type Event struct {
 	Identity Identity
 }
 
+// Tombstone records a deleted identity whose published traces (XEP-0152
+// reach node, vCard numbers) the XMPP component may not have cleared yet:
+// an identity deleted while no component was connected, or whose delete
+// the change feed did not replay. Delete writes one in the same atomic
+// step as the delete (replacing an older one of the JID); Create, Put and
+// Import of the JID remove it in the same step as their write, so a live
+// identity never has one. The component removes it with AckTombstone once
+// it has cleared the user's data. A tombstone nobody acknowledges expires
+// after the store's maximum age (DefaultTombstoneMaxAge): Tombstones
+// leaves it out, and later Deletes remove it.
+type Tombstone struct {
+	JID  string    `json:"jid"`
+	Rev  uint64    `json:"rev"`  // the store revision of the delete
+	Time time.Time `json:"time"` // when it was deleted (the deleting process's clock)
+}
+
+// DefaultTombstoneMaxAge is how long a tombstone that nobody acknowledges
+// is kept: long enough for a gateway whose component is down for weeks to
+// clear the user's data when it comes back.
+const DefaultTombstoneMaxAge = 30 * 24 * time.Hour
+
+// tombstonePurgeBatch bounds how many expired tombstones one Delete
+// removes (each Delete adds one, so the expired ones drain).
+const tombstonePurgeBatch = 64
+
 // Store is the identity map's backend. Implementations are safe for
 // concurrent use; every method honours ctx's deadline. They store what they
 // are given: callers normalise first (Normalizer, or Directory which does
@@ -227,6 +253,17 @@ type Store interface {
 	// DeleteCredential removes the credential of aor, an AOR of jid, or
 	// returns ErrNotFound.
 	DeleteCredential(ctx context.Context, jid, aor string) error
+	// Tombstones returns up to limit tombstones (limit <= 0: all) with JIDs
+	// greater than after, in JID order, and the cursor for the next page
+	// ("" at the end). Tombstones older than the store's maximum age are
+	// left out. See Tombstone.
+	Tombstones(ctx context.Context, after string, limit int) ([]Tombstone, string, error)
+	// AckTombstone removes the tombstone of jid if its Rev is at most rev
+	// (the revision of the delete whose traces the caller cleared), and
+	// reports whether it did. A newer tombstone (the JID was deleted again
+	// after rev) stays; acknowledging one that is gone is not an error.
+	// Tombstones change neither the revision nor the change feed.
+	AckTombstone(ctx context.Context, jid string, rev uint64) (bool, error)
 	// Ping checks that the backend answers.
 	Ping(ctx context.Context) error
 	// Close releases the backend. Watch channels close.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 )
 
 // MemoryStore is a Store that keeps everything in memory: for tests of the
@@ -25,17 +26,42 @@ type MemoryStore struct {
 	creds  map[string]Credential // AOR -> its digest credential
 	log    []Event               // the most recent events, in order
 	logMax int
+	tombs  map[string]Tombstone // JID -> its tombstone
+	maxAge time.Duration        // of tombstones
+	now    func() time.Time
+}
+
+// MemoryOptions tunes a MemoryStore. Zero values take the defaults in
+// brackets.
+type MemoryOptions struct {
+	// TombstoneMaxAge is how long an unacknowledged tombstone is kept
+	// [DefaultTombstoneMaxAge].
+	TombstoneMaxAge time.Duration
+	// Now is the clock of tombstones [time.Now]; for tests.
+	Now func() time.Time
 }
 
 var _ Store = (*MemoryStore)(nil)
 
-// NewMemoryStore returns an empty MemoryStore.
-func NewMemoryStore() *MemoryStore {
+// NewMemoryStore returns an empty MemoryStore with the default options.
+func NewMemoryStore() *MemoryStore { return NewMemoryStoreWith(MemoryOptions{}) }
+
+// NewMemoryStoreWith returns an empty MemoryStore with opts.
+func NewMemoryStoreWith(opts MemoryOptions) *MemoryStore {
+	if opts.TombstoneMaxAge <= 0 {
+		opts.TombstoneMaxAge = DefaultTombstoneMaxAge
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
 	s := &MemoryStore{
 		byJID:  map[string]*Identity{},
 		owner:  map[Key]string{},
 		creds:  map[string]Credential{},
 		logMax: defaultLogSize,
+		tombs:  map[string]Tombstone{},
+		maxAge: opts.TombstoneMaxAge,
+		now:    opts.Now,
 	}
 	s.feed = newFeed(0, 0, s.replay)
 	return s
@@ -140,6 +166,7 @@ func (s *MemoryStore) write(ctx context.Context, id Identity, create bool) (Iden
 	} else {
 		s.insertJID(id.JID)
 	}
+	delete(s.tombs, id.JID) // a live identity has none
 	s.rev++
 	id.Version = s.rev
 	s.index(&id)
@@ -167,8 +194,62 @@ func (s *MemoryStore) Delete(ctx context.Context, jid string) error {
 		s.jids = slices.Delete(s.jids, i, i+1)
 	}
 	s.rev++
+	now := s.now()
+	s.purgeTombstones(now)
+	s.tombs[jid] = Tombstone{JID: jid, Rev: s.rev, Time: now}
 	s.emit([]Event{{Op: OpDelete, Rev: s.rev, JID: jid, Identity: old.Clone()}})
 	return nil
+}
+
+// purgeTombstones removes up to tombstonePurgeBatch expired tombstones;
+// the caller holds mu.
+func (s *MemoryStore) purgeTombstones(now time.Time) {
+	n := 0
+	for j, t := range s.tombs {
+		if n == tombstonePurgeBatch {
+			return
+		}
+		if tombstoneExpired(t, now, s.maxAge) {
+			delete(s.tombs, j)
+			n++
+		}
+	}
+}
+
+// Tombstones implements Store.
+func (s *MemoryStore) Tombstones(ctx context.Context, after string, limit int) ([]Tombstone, string, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if err := s.check(ctx); err != nil {
+		return nil, "", err
+	}
+	now := s.now()
+	var all []Tombstone
+	for _, t := range s.tombs {
+		if t.JID > after && !tombstoneExpired(t, now, s.maxAge) {
+			all = append(all, t)
+		}
+	}
+	slices.SortFunc(all, func(a, b Tombstone) int { return cmpString(a.JID, b.JID) })
+	if limit > 0 && len(all) > limit {
+		return all[:limit], all[limit-1].JID, nil
+	}
+	return all, "", nil
+}
+
+// AckTombstone implements Store.
+func (s *MemoryStore) AckTombstone(ctx context.Context, jid string, rev uint64) (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(ctx); err != nil {
+		return false, err
+	}
+	t, ok := s.tombs[jid]
+	if !ok || t.Rev > rev {
+		return false, nil
+	}
+	delete(s.tombs, jid)
+	return true, nil
 }
 
 // List implements Store.
@@ -212,6 +293,7 @@ func (s *MemoryStore) Import(ctx context.Context, ids []Identity) error {
 		s.rev++
 		id.Version = s.rev
 		p := &id
+		delete(s.tombs, id.JID)
 		s.byJID[id.JID] = p
 		s.index(p)
 		if len(ids)-i <= s.logMax {

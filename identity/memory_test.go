@@ -2,6 +2,7 @@ package identity_test
 
 import (
 	"testing"
+	"time"
 
 	"github.com/cusax-gw/cusax-gw/identity"
 	"github.com/cusax-gw/cusax-gw/identity/storetest"
@@ -10,6 +11,14 @@ import (
 func TestMemoryStore(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) identity.Store {
 		s := identity.NewMemoryStore()
+		t.Cleanup(func() { s.Close() })
+		return s
+	})
+}
+
+func TestMemoryTombstoneExpiry(t *testing.T) {
+	storetest.RunTombstoneExpiry(t, func(t *testing.T, maxAge time.Duration, now func() time.Time) identity.Store {
+		s := identity.NewMemoryStoreWith(identity.MemoryOptions{TombstoneMaxAge: maxAge, Now: now})
 		t.Cleanup(func() { s.Close() })
 		return s
 	})

@@ -31,6 +31,12 @@ import (
 //	{p}log                  stream  recent changes, entry ID "{rev}-0", fields rev, op (put|delete),
 //	                                jid, identity (JSON; the old value for delete); trimmed to about
 //	                                RedisOptions.LogSize entries
+//	{p}tomb:{jid}           string  JSON tombstone of a deleted identity, {"rev":7,"time":1732600000000}
+//	                                (Unix milliseconds); written by delete, removed by create, put,
+//	                                import and AckTombstone (see Tombstone)
+//	{p}tombs                zset    every JID with a tombstone, score 0, for Tombstones paging
+//	{p}tombtimes            zset    every JID with a tombstone, score its deletion time (Unix ms):
+//	                                the expiry order
 //	{p}events               channel pub/sub: one JSON message per write,
 //	                                {"rev":7,"op":"put","identity":{...}} or op "delete", and one
 //	                                {"rev":107,"op":"import","first":8} per import (read the log)
@@ -73,6 +79,11 @@ type RedisOptions struct {
 	// WatchBuffer is how many events one watcher queues for a slow
 	// consumer before it drops them for one OpResync; default 1024.
 	WatchBuffer int
+	// TombstoneMaxAge is how long an unacknowledged tombstone is kept;
+	// default DefaultTombstoneMaxAge.
+	TombstoneMaxAge time.Duration
+	// Now is the clock of tombstones; default time.Now. For tests.
+	Now func() time.Time
 }
 
 func (o *RedisOptions) setDefaults() error {
@@ -93,6 +104,12 @@ func (o *RedisOptions) setDefaults() error {
 	}
 	if o.WatchBuffer == 0 {
 		o.WatchBuffer = DefaultRedisWatchBuffer
+	}
+	if o.TombstoneMaxAge <= 0 {
+		o.TombstoneMaxAge = DefaultTombstoneMaxAge
+	}
+	if o.Now == nil {
+		o.Now = time.Now
 	}
 	return nil
 }
@@ -463,7 +480,9 @@ func (s *RedisStore) Delete(ctx context.Context, jid string) error {
 	}
 	ctx, cancel := s.opctx(ctx)
 	defer cancel()
-	v, err := redisDelete.Run(ctx, s.client, []string{s.revKey}, s.p, jid, s.opts.LogSize).Result()
+	now := s.opts.Now()
+	v, err := redisDelete.Run(ctx, s.client, []string{s.revKey}, s.p, jid, s.opts.LogSize,
+		now.UnixMilli(), now.Add(-s.opts.TombstoneMaxAge).UnixMilli()).Result()
 	if err != nil {
 		return s.fail(fmt.Sprintf("delete %q", jid), err)
 	}
@@ -645,6 +664,73 @@ func (s *RedisStore) DeleteCredential(ctx context.Context, jid, aor string) erro
 		return fmt.Errorf("%w: credential of %s", ErrNotFound, aor)
 	}
 	return nil
+}
+
+// redisTomb is a tombstone as {p}tomb:{jid} stores it.
+type redisTomb struct {
+	Rev  uint64 `json:"rev"`
+	Time int64  `json:"time"` // Unix milliseconds
+}
+
+// Tombstones implements Store. Like List, it reads at most 5000 per
+// script.
+func (s *RedisStore) Tombstones(ctx context.Context, after string, limit int) ([]Tombstone, string, error) {
+	what := func() string { return fmt.Sprintf("tombstones after %q", after) }
+	if err := s.enter(ctx, what); err != nil {
+		return nil, "", err
+	}
+	now := s.opts.Now()
+	var out []Tombstone
+	for {
+		want := redisMaxListPage
+		if limit > 0 {
+			want = min(limit-len(out), redisMaxListPage)
+		}
+		lo := "-"
+		if after != "" {
+			lo = "(" + after
+		}
+		octx, cancel := s.opctx(ctx)
+		v, err := redisTombstones.Run(octx, s.client, []string{s.revKey}, s.p, lo, want).StringSlice()
+		cancel()
+		if err != nil {
+			return nil, "", s.fail(what(), err)
+		}
+		for i := 0; i+1 < len(v); i += 2 {
+			var rt redisTomb
+			if err := json.Unmarshal([]byte(v[i+1]), &rt); err != nil {
+				return nil, "", fmt.Errorf("identity: redis %s: stored tombstone of %q is not JSON", what(), v[i])
+			}
+			t := Tombstone{JID: v[i], Rev: rt.Rev, Time: time.UnixMilli(rt.Time)}
+			if !tombstoneExpired(t, now, s.opts.TombstoneMaxAge) {
+				out = append(out, t)
+			}
+			after = v[i]
+		}
+		// The zset may hold a JID whose key is gone only if someone
+		// edited Redis by hand; a short reply still ends the walk.
+		if len(v)/2 < want {
+			return out, "", nil
+		}
+		if limit > 0 && len(out) >= limit {
+			return out, out[len(out)-1].JID, nil
+		}
+	}
+}
+
+// AckTombstone implements Store.
+func (s *RedisStore) AckTombstone(ctx context.Context, jid string, rev uint64) (bool, error) {
+	what := func() string { return fmt.Sprintf("ack tombstone of %q", jid) }
+	if err := s.enter(ctx, what); err != nil {
+		return false, err
+	}
+	ctx, cancel := s.opctx(ctx)
+	defer cancel()
+	n, err := redisAckTombstone.Run(ctx, s.client, []string{s.revKey}, s.p, jid, rev).Int()
+	if err != nil {
+		return false, s.fail(what(), err)
+	}
+	return n == 1, nil
 }
 
 // Ping implements Store.
@@ -856,6 +942,15 @@ func (s *RedisStore) importAttempt(ctx context.Context, tx *redis.Tx, batch []re
 			}
 			p.MSet(ctx, kv...)
 			p.ZAdd(ctx, s.jidKey, z...)
+			// Tombstones of re-created JIDs go (as dropTomb in the scripts).
+			tk := make([]string, len(part))
+			members := make([]any, len(part))
+			for j, r := range part {
+				tk[j], members[j] = s.p+"tomb:"+r.jid, r.jid
+			}
+			p.Del(ctx, tk...)
+			p.ZRem(ctx, s.p+"tombs", members...)
+			p.ZRem(ctx, s.p+"tombtimes", members...)
 		}
 		kv := make([]any, 0, 2*redisImportChunk)
 		for _, r := range batch {

@@ -40,6 +40,14 @@ local function dropCred(p, k)
   if string.sub(k, 1, 4) == 'sip:' then redis.call('DEL', p .. 'cred:' .. string.sub(k, 5)) end
 end
 
+-- dropTomb removes the tombstone of jid, if any.
+local function dropTomb(p, jid)
+  if redis.call('DEL', p .. 'tomb:' .. jid) == 1 then
+    redis.call('ZREM', p .. 'tombs', jid)
+    redis.call('ZREM', p .. 'tombtimes', jid)
+  end
+end
+
 local function withVersion(rev, js)
   return '{"version":' .. string.format('%d', rev) .. ',' .. string.sub(js, 2)
 end
@@ -82,6 +90,7 @@ local body = withVersion(rev, js)
 redis.call('SET', idk, body)
 for i = 5, #ARGV do redis.call('SET', p .. 'key:' .. ARGV[i], jid) end
 redis.call('ZADD', p .. 'jids', 0, jid)
+dropTomb(p, jid)
 emit(p, rev, 'put', jid, body, max)
 return {1, rev}
 `)
@@ -114,13 +123,16 @@ for _, k in ipairs(stale) do
 end
 for i = 5, #ARGV do redis.call('SET', p .. 'key:' .. ARGV[i], jid) end
 redis.call('ZADD', p .. 'jids', 0, jid)
+dropTomb(p, jid)
 emit(p, rev, 'put', jid, body, max)
 return {1, rev}
 `)
 
-// redisDelete: ARGV prefix, jid, logmax.
+// redisDelete: ARGV prefix, jid, logmax, now and expiry cutoff (Unix
+// milliseconds). It writes jid's tombstone after removing up to 64
+// tombstones deleted before the cutoff.
 var redisDelete = redis.NewScript(luaCommon + `
-local p, jid, max = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local p, jid, max, now, cutoff = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local idk = p .. 'id:' .. jid
 local old = redis.call('GET', idk)
 if not old then return {0} end
@@ -134,6 +146,11 @@ for _, k in ipairs(keys) do
   end
 end
 redis.call('ZREM', p .. 'jids', jid)
+local expired = redis.call('ZRANGEBYSCORE', p .. 'tombtimes', '-inf', '(' .. cutoff, 'LIMIT', 0, 64)
+for _, j in ipairs(expired) do dropTomb(p, j) end
+redis.call('SET', p .. 'tomb:' .. jid, '{"rev":' .. string.format('%d', rev) .. ',"time":' .. now .. '}')
+redis.call('ZADD', p .. 'tombs', 0, jid)
+redis.call('ZADD', p .. 'tombtimes', now, jid)
 emit(p, rev, 'delete', jid, old, max)
 return {1, rev}
 `)
@@ -202,6 +219,7 @@ for i = 1, n do
   bodies[i] = withVersion(first + i - 1, jss[i])
   redis.call('SET', p .. 'id:' .. jids[i], bodies[i])
   redis.call('ZADD', p .. 'jids', 0, jids[i])
+  dropTomb(p, jids[i])
 end
 for i = 1, #keys do redis.call('SET', p .. 'key:' .. keys[i], owners[i]) end
 logGuard(p, first)
@@ -212,6 +230,35 @@ redis.call('XTRIM', p .. 'log', 'MAXLEN', '~', max)
 redis.call('PUBLISH', p .. 'events',
   '{"rev":' .. string.format('%d', last) .. ',"op":"import","first":' .. string.format('%d', first) .. '}')
 return {1, last}
+`)
+
+// redisTombstones: ARGV prefix, ZRANGEBYLEX min ("-" or "(after"), count.
+// Returns {jid, json, jid, json, ...} in JID order.
+var redisTombstones = redis.NewScript(`
+local p = ARGV[1]
+local jids = redis.call('ZRANGEBYLEX', p .. 'tombs', ARGV[2], '+', 'LIMIT', 0, tonumber(ARGV[3]))
+local out = {}
+for _, j in ipairs(jids) do
+  local v = redis.call('GET', p .. 'tomb:' .. j)
+  if v then
+    out[#out + 1] = j
+    out[#out + 1] = v
+  end
+end
+return out
+`)
+
+// redisAckTombstone: ARGV prefix, jid, rev. Removes jid's tombstone unless
+// it is newer than rev; returns 1 when it removed one, else 0. A tombstone
+// that does not decode is removed.
+var redisAckTombstone = redis.NewScript(luaCommon + `
+local p, jid, rev = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local v = redis.call('GET', p .. 'tomb:' .. jid)
+if not v then return 0 end
+local ok, t = pcall(cjson.decode, v)
+if ok and type(t) == 'table' and tonumber(t.rev) and tonumber(t.rev) > rev then return 0 end
+dropTomb(p, jid)
+return 1
 `)
 
 // Digest credentials live in {prefix}cred:{aor} as JSON with the owner's

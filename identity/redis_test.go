@@ -75,6 +75,14 @@ func TestRedisStoreMiniredis(t *testing.T) {
 	})
 }
 
+func TestRedisTombstoneExpiryMiniredis(t *testing.T) {
+	leakCheck(t)
+	storetest.RunTombstoneExpiry(t, func(t *testing.T, maxAge time.Duration, now func() time.Time) identity.Store {
+		_, c := newMini(t)
+		return newRedisStore(t, c, identity.RedisOptions{TombstoneMaxAge: maxAge, Now: now})
+	})
+}
+
 func alice() identity.Identity {
 	return identity.Identity{
 		JID:  "alice@example.com",
@@ -903,6 +911,15 @@ func TestRedisStoreReal(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) identity.Store {
 		prefix := fmt.Sprintf("st%d:", n.Add(1))
 		return newRedisStore(t, realClient(t, r), identity.RedisOptions{KeyPrefix: prefix})
+	})
+}
+
+func TestRedisTombstoneExpiryReal(t *testing.T) {
+	testenv.Require(t)
+	leakCheck(t)
+	r := testenv.StartRedis(t)
+	storetest.RunTombstoneExpiry(t, func(t *testing.T, maxAge time.Duration, now func() time.Time) identity.Store {
+		return newRedisStore(t, realClient(t, r), identity.RedisOptions{KeyPrefix: "expiry:", TombstoneMaxAge: maxAge, Now: now})
 	})
 }
 

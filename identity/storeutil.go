@@ -1,6 +1,9 @@
 package identity
 
-import "fmt"
+import (
+	"fmt"
+	"time"
+)
 
 // defaultLogSize is how many recent events the memory and bolt stores keep
 // to replay a Watch that starts from an older revision.
@@ -67,4 +70,9 @@ func checkBatch(ids []Identity, owner ownerFunc) error {
 		}
 	}
 	return nil
+}
+
+// tombstoneExpired reports whether t is older than maxAge at now.
+func tombstoneExpired(t Tombstone, now time.Time, maxAge time.Duration) bool {
+	return now.Sub(t.Time) > maxAge
 }

@@ -33,7 +33,8 @@
 //   - A context that is already cancelled makes Get and Create fail with
 //     an error matching context.Canceled.
 //
-// Digest credentials have their own requirements: see credentials.go.
+// Digest credentials and tombstones have their own requirements: see
+// credentials.go and tombstones.go.
 //
 // The suite uses no sleeps for synchronisation; waits are guarded by a
 // generous timeout (Guard) that only turns a hang into a failure.
@@ -105,6 +106,7 @@ func Run(t *testing.T, open func(t *testing.T) identity.Store) {
 		{"CredentialDelete", testCredentialDelete},
 		{"CredentialClosed", testCredentialClosed},
 	}
+	tests = append(tests, tombstoneTests()...)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open) })
 	}
