@@ -136,6 +136,12 @@ func (b *B2BUA) Listen() error {
 			if err != nil {
 				return fail(l, err)
 			}
+			if want := b.cfg.UDPReadBuffer; want > 0 {
+				if got := setReadBuffer(c, want); got < want {
+					b.log.Warn("sip udp receive buffer smaller than configured: raise net.core.rmem_max or grant CAP_NET_ADMIN",
+						"listen", l.String(), "want_bytes", want, "got_bytes", got)
+				}
+			}
 			b.udp = append(b.udp, c)
 		default:
 			ln, err := net.Listen("tcp", l.Addr)

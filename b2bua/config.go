@@ -42,6 +42,11 @@ type Config struct {
 	// PBXTimeout bounds the wait for the PBX's final answer to a forwarded
 	// request; the phone then gets 408. Default 32s (Timer F).
 	PBXTimeout time.Duration
+	// UDPReadBuffer is the receive buffer, in bytes, asked for on each
+	// UDP listener (the kernel may grant less: net.core.rmem_max; New's
+	// Listen logs a warning then). 0: DefaultUDPReadBuffer; negative: the
+	// kernel's default (net.core.rmem_default).
+	UDPReadBuffer int
 	// Now is the clock used for binding expiry. Default time.Now.
 	Now func() time.Time
 	// CallOptions configures call bridging (call_config.go).
@@ -89,6 +94,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.RetryAfter <= 0 {
 		c.RetryAfter = 30 * time.Second
+	}
+	if c.UDPReadBuffer == 0 {
+		c.UDPReadBuffer = DefaultUDPReadBuffer
 	}
 	c.setAuthDefaults()
 }

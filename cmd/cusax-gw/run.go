@@ -179,14 +179,19 @@ func newDaemon(cfg *config.Config, log *slog.Logger) (_ *daemon, err error) {
 	if rs, ok := d.store.(*identity.RedisStore); ok {
 		bindings = b2bua.NewRedisBindings(rs.Client(), cfg.Identity.Redis.KeyPrefix, 0)
 	}
+	udpBuf := cfg.SIP.UDPReceiveBuffer
+	if udpBuf == 0 {
+		udpBuf = -1 // the kernel's default (0 means the b2bua's default)
+	}
 	d.sip, err = b2bua.New(b2bua.Config{
-		Listen:    listeners,
-		TLS:       tlsConf,
-		Domain:    cfg.SIP.Domain,
-		PBX:       cfg.SIP.PBX,
-		Advertise: cfg.SIP.Advertise,
-		UserAgent: "cusax-gw/" + version,
-		Bindings:  bindings,
+		Listen:        listeners,
+		UDPReadBuffer: udpBuf,
+		TLS:           tlsConf,
+		Domain:        cfg.SIP.Domain,
+		PBX:           cfg.SIP.PBX,
+		Advertise:     cfg.SIP.Advertise,
+		UserAgent:     "cusax-gw/" + version,
+		Bindings:      bindings,
 		CallOptions: b2bua.CallOptions{
 			Media:       d.media,
 			Resolver:    callerResolver{dir: d.dir, timeout: 200 * time.Millisecond},

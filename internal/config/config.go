@@ -103,6 +103,9 @@ type SIP struct {
 	MaxDuration Duration `yaml:"max_duration"` // longest call, then BYE on both legs
 	RingTimeout Duration `yaml:"ring_timeout"` // longest wait for an answer after ringing starts
 	PBXPing     Duration `yaml:"pbx_ping"`     // OPTIONS ping interval toward sip.pbx; 0: off
+	// UDPReceiveBuffer is the receive buffer (bytes) asked for on each UDP
+	// listener; 0: the kernel's default (net.core.rmem_default).
+	UDPReceiveBuffer int `yaml:"udp_receive_buffer"`
 }
 
 // TLS names the certificate and key of the tls:// and wss:// SIP listeners.
@@ -165,6 +168,8 @@ func Default() *Config {
 			MaxDuration:    Duration(12 * time.Hour),
 			RingTimeout:    Duration(3 * time.Minute),
 			PBXPing:        Duration(5 * time.Second),
+			// 4 MiB: ~2,000 datagrams, a quarter of a second at 2,000 calls/s.
+			UDPReceiveBuffer: 4 << 20,
 		},
 		RTP: RTP{
 			Listen:     "0.0.0.0",

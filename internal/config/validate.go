@@ -259,6 +259,9 @@ func (c *Config) Validate() error {
 	if c.SIP.PBXPing.D() < 0 {
 		bad("sip.pbx_ping", "must not be negative (0: no pings), got %s", c.SIP.PBXPing)
 	}
+	if c.SIP.UDPReceiveBuffer < 0 {
+		bad("sip.udp_receive_buffer", "must not be negative (0: the kernel's default), got %d", c.SIP.UDPReceiveBuffer)
+	}
 	if c.SIP.RingTimeout.D() <= 0 {
 		bad("sip.ring_timeout", "must be positive, got %s", c.SIP.RingTimeout)
 	}
