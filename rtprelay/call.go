@@ -4,32 +4,45 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"hash/maphash"
 	"math/rand/v2"
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
-// endpoint is the relay's RTP/RTCP socket pair facing one side of a stream.
+// endpoint is the relay's RTP/RTCP socket pair facing one side of a
+// stream: one allocation for both socks.
 type endpoint struct {
 	pair      *pair
-	rtp, rtcp *sock
+	pending   atomic.Int32 // stopped socks the engine has not let go of yet
+	rtp, rtcp sock
 }
 
 // stream is one m-line of a call, anchored by two endpoints.
 type stream struct {
 	kind string
-	ends [2]*endpoint  // ends[i] faces legs[i]; nil: not anchored
-	info [2]*mediaInfo // the last SDP of legs[i] for this m-line
+	ends [2]*endpoint // ends[i] faces legs[i]; nil: not anchored
+	flow [2]flow      // what the last SDP of legs[i] said of this m-line
 }
+
+// flow is what one side's SDP says of a stream, for the hold state.
+type flow uint8
+
+const (
+	flowUnknown flow = iota // no SDP of this side yet
+	flowNone                // declined, on hold or not sendrecv
+	flowBoth                // media expected both ways (mediaInfo.active)
+)
 
 // leg is one side of a call, identified by its SIP tag.
 type leg struct {
 	tag     string
 	sessID  uint64
 	sessVer uint64
-	lastOut []byte // the last SDP sent to this leg, o= line excluded
+	outSum  uint64 // hash of the last SDP sent to this leg, o= line excluded; 0: none yet
 }
 
 type call struct {
@@ -37,13 +50,13 @@ type call struct {
 
 	mu         sync.Mutex
 	deleted    bool
-	legs       [2]leg // legs[0] made the first offer
-	offerer    int    // side of the latest offer
-	streams    []*stream
 	answered   bool
 	hold       bool
-	lastSignal int64
 	timedOut   bool
+	offerer    int    // side of the latest offer
+	legs       [2]leg // legs[0] made the first offer
+	streams    []*stream
+	lastSignal int64
 }
 
 // Offer anchors an offer made by the leg with fromTag: it allocates the
@@ -174,7 +187,7 @@ func (r *Relay) apply(c *call, side int, p *parsedSDP, offer bool) ([]byte, erro
 	for i := range p.media {
 		mi := &p.media[i]
 		if i == len(c.streams) {
-			c.streams = append(c.streams, &stream{kind: mi.kind})
+			c.streams = append(c.streams, &stream{kind: internKind(mi.kind)})
 		}
 		st := c.streams[i]
 		if !mi.anchored || (!offer && st.ends[side] == nil) {
@@ -204,20 +217,23 @@ func (r *Relay) apply(c *call, side int, p *parsedSDP, offer bool) ([]byte, erro
 		c.streams = c.streams[:oldStreams]
 		return fail(err)
 	}
-	if body := withoutOrigin(out); l.lastOut == nil || !bytes.Equal(body, l.lastOut) {
-		if l.lastOut != nil {
+	if sum := maphash.Bytes(r.seed, withoutOrigin(out)) | 1; sum != l.outSum {
+		if l.outSum != 0 {
 			l.sessVer++
 			out = setOrigin(out, l.sessID, l.sessVer, r.cfg.Advertise)
 		}
-		l.lastOut = bytes.Clone(withoutOrigin(out))
+		l.outSum = sum
 	}
 
 	// Committed: wire up new endpoints, tell sockets what to expect.
 	now := r.now()
 	until := now + int64(r.cfg.LearnWindow)
 	for i := range p.media {
-		mi := p.media[i]
-		c.streams[i].info[side] = &mi
+		f := flowNone
+		if p.media[i].active() {
+			f = flowBoth
+		}
+		c.streams[i].flow[side] = f
 	}
 	for _, st := range declined {
 		for s := range st.ends {
@@ -229,8 +245,8 @@ func (r *Relay) apply(c *call, side int, p *parsedSDP, offer bool) ([]byte, erro
 	}
 	for _, st := range c.streams {
 		if st.ends[0] != nil && st.ends[1] != nil && st.ends[0].rtp.out == nil {
-			st.ends[0].rtp.out, st.ends[1].rtp.out = st.ends[1].rtp, st.ends[0].rtp
-			st.ends[0].rtcp.out, st.ends[1].rtcp.out = st.ends[1].rtcp, st.ends[0].rtcp
+			st.ends[0].rtp.out, st.ends[1].rtp.out = &st.ends[1].rtp, &st.ends[0].rtp
+			st.ends[0].rtcp.out, st.ends[1].rtcp.out = &st.ends[1].rtcp, &st.ends[0].rtcp
 		}
 	}
 	for _, s := range settings {
@@ -251,19 +267,18 @@ func (r *Relay) apply(c *call, side int, p *parsedSDP, offer bool) ([]byte, erro
 			}
 			rtcp = netip.AddrPortFrom(ra, uint16(rp))
 		}
-		s.e.rtp.expect(rtp, mi.hold, until, nsPerTick)
-		s.e.rtcp.expect(rtcp, mi.hold, until, 0)
+		s.e.expect(rtp, rtcp, mi.hold, until, nsPerTick)
 	}
 	for _, e := range fresh {
 		if e.rtp.out == nil { // its partner was not allocated: cannot happen, but never serve a half stream
 			continue
 		}
-		r.eng.start(e.rtp)
-		r.eng.start(e.rtcp)
+		r.eng.start(&e.rtp)
+		r.eng.start(&e.rtcp)
 	}
 	c.hold = true
 	for _, st := range c.streams {
-		if st.info[0] != nil && st.info[1] != nil && st.info[0].active() && st.info[1].active() {
+		if st.flow[0] == flowBoth && st.flow[1] == flowBoth {
 			c.hold = false
 		}
 	}
@@ -302,23 +317,50 @@ func (r *Relay) newEndpoint(callID string) (*endpoint, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &endpoint{
-		pair: pr,
-		rtp:  newSock(pr.rtp, pr.port, callID, r.cnt, &r.lim),
-		rtcp: newSock(pr.rtcp, pr.port+1, callID, r.cnt, &r.lim),
-	}, nil
+	e := &endpoint{pair: pr}
+	initSock(&e.rtp, e, &r.env, pr.rtp, pr.rtpFD, pr.v6, pr.port, 0, callID)
+	initSock(&e.rtcp, e, &r.env, pr.rtcp, pr.rtcpFD, pr.v6, pr.port+1, 1, callID)
+	return e, nil
 }
 
-// release closes an endpoint's sockets and returns its ports to the pool.
+// detachingEngine is an engine that calls sockEnv.detached for every sock
+// it was asked to stop, once it no longer reads from or sends through the
+// sock's descriptor (maybe later, from another goroutine). Its pool keeps
+// raw sockets bound through their quarantine and reuses them.
+type detachingEngine interface {
+	engine
+	detaches()
+}
+
+// release stops an endpoint's socks. Its ports go back to the pool once
+// the engine has let go of both (detached), or at once when the engine
+// does not detach (it closes the sockets as it stops them).
 func (r *Relay) release(e *endpoint, started bool) {
-	if started {
-		r.eng.stop(e.rtp)
-		r.eng.stop(e.rtcp)
-	} else {
-		e.rtp.conn.Close()
-		e.rtcp.conn.Close()
+	if !started {
+		if e.rtp.conn != nil {
+			e.rtp.conn.Close()
+			e.rtcp.conn.Close()
+		}
+		r.pool.put(e.pair)
+		return
 	}
-	r.pool.put(e.pair)
+	if _, ok := r.eng.(detachingEngine); !ok {
+		r.eng.stop(&e.rtp)
+		r.eng.stop(&e.rtcp)
+		r.pool.put(e.pair)
+		return
+	}
+	e.pending.Store(2)
+	r.eng.stop(&e.rtp)
+	r.eng.stop(&e.rtcp)
+}
+
+// detached is the engines' callback for a stopped sock they no longer
+// touch (sockEnv.detached).
+func (r *Relay) detached(s *sock) {
+	if s.ep.pending.Add(-1) == 0 {
+		r.pool.put(s.ep.pair)
+	}
 }
 
 // Delete ends a call: its sockets close and its ports go to quarantine.
@@ -409,7 +451,7 @@ func (r *Relay) Query(callID string) (Stats, error) {
 				}
 				ss.Latched = e.rtp.latched.Load()
 				last := int64(-1)
-				for _, k := range []*sock{e.rtp, e.rtcp} {
+				for _, k := range []*sock{&e.rtp, &e.rtcp} {
 					ss.Packets += k.st.packets.Load()
 					ss.Bytes += k.st.bytes.Load()
 					ss.SentPackets += k.st.sentPackets.Load()
@@ -481,4 +523,15 @@ func (r *Relay) silent(c *call, now int64) bool {
 	}
 	c.timedOut = true
 	return true
+}
+
+// internKind returns a constant string for the common media kinds, so a
+// stream does not keep the parsed SDP's copy alive.
+func internKind(k string) string {
+	for _, c := range [...]string{"audio", "video", "image", "text", "application", "message"} {
+		if k == c {
+			return c
+		}
+	}
+	return k
 }

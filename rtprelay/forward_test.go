@@ -344,7 +344,7 @@ func TestNoPortsAndQuarantine(t *testing.T) {
 func TestPool(t *testing.T) {
 	min, max := freeRange(t, 20)
 	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "g"})
-	p := newPool(loopback, min, max, 0, g)
+	p := newPool(loopback, min, max, 0, g, false)
 	// Occupy one RTCP port: its pair must be skipped.
 	busy := listenPhoneAt(t, min+5)
 	_ = busy
@@ -396,8 +396,11 @@ func TestPool(t *testing.T) {
 func testSocks() (a, b *sock, cnt *counters) {
 	m := NewMetrics(prometheus.NewRegistry())
 	cnt = newCounters(m)
-	lim := &limits{relatchAfter: int64(5 * time.Second), floodWindow: int64(10 * time.Millisecond), floodLimit: 100}
-	a, b = newSock(nil, 30000, "c", cnt, lim), newSock(nil, 30002, "c", cnt, lim)
+	env := &sockEnv{cnt: cnt, lim: limits{relatchAfter: int64(5 * time.Second), floodWindow: int64(10 * time.Millisecond), floodLimit: 100}}
+	ea, eb := &endpoint{}, &endpoint{}
+	a, b = &ea.rtp, &eb.rtp
+	initSock(a, ea, env, nil, -1, false, 30000, 0, "c")
+	initSock(b, eb, env, nil, -1, false, 30002, 0, "c")
 	a.out, b.out = b, a
 	return a, b, cnt
 }
@@ -560,7 +563,7 @@ func forwardRig(t testing.TB, r *Relay) (sa, sb *sock, phone *net.UDPConn) {
 	}
 	t.Cleanup(func() { r.release(ea, false); r.release(eb, false) })
 	phone = listenPhone(t)
-	sa, sb = ea.rtp, eb.rtp
+	sa, sb = &ea.rtp, &eb.rtp
 	sa.out, sb.out = sb, sa
 	pa := phone.LocalAddr().(*net.UDPAddr).AddrPort()
 	sa.expect(pa, false, int64(time.Hour), int64(time.Second)/8000)
@@ -607,7 +610,7 @@ func TestMediaTimeout(t *testing.T) {
 			t.Fatal(err)
 		}
 		time.Sleep(8 * time.Second)
-		sockA := r.calls["c"].streams[0].ends[0].rtp
+		sockA := &r.calls["c"].streams[0].ends[0].rtp
 		sockA.receive(rtpPacket(1, 0, 1), ap("127.0.0.1:4000"), r.now())
 		time.Sleep(9 * time.Second)
 		if n := count(); n != 0 {

@@ -13,70 +13,139 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// pair is a bound even RTP / odd RTCP port pair.
+// pair is an even RTP / odd RTCP port pair of the range. The pool owns its
+// sockets: bound while a call holds the pair and, with raw descriptors,
+// while it sits in quarantine.
 type pair struct {
-	port      int // the even RTP port; RTCP is port+1
-	rtp, rtcp *net.UDPConn
-	idx       int
-}
+	port int // the even RTP port; RTCP is port+1
+	idx  int
 
-type freePair struct {
-	idx   int
+	// Raw non-blocking sockets (raw pools); -1 when not bound.
+	rtpFD, rtcpFD int32
+	v6            bool
+	// The goroutine engine's sockets (conn pools).
+	rtp, rtcp *net.UDPConn
+
 	freed time.Time // zero: never used
 }
 
-// pool hands out even/odd port pairs of [min, max] in FIFO order from a
-// random start, so a freed pair is reused only after every other free pair
-// and never before its quarantine has passed. Pairs that fail to bind go to
-// the back of the queue. Safe for concurrent use.
+// pool hands out even/odd port pairs of [min, max], safe for concurrent use.
+//
+// Unbound ("cold") pairs are handed out in FIFO order from a random start,
+// so a freed pair is reused only after every other free pair and never
+// before its quarantine has passed; pairs that fail to bind go to the back
+// of the queue.
+//
+// A raw pool (the epoll engine) keeps the sockets of a freed pair bound
+// through its quarantine ("warm") and hands such a pair out again, before
+// any cold pair, once its quarantine has passed: binding four sockets was
+// the most expensive part of a call's setup. Nothing reads a warm pair's
+// sockets, so datagrams sent to it queue in the kernel. Run's sweep drains
+// a warm pair once in the middle of its quarantine; get drains it again
+// and hands it out only when nothing arrived in between (anything queued
+// before that is discarded, so a late packet of the previous call can
+// never reach the next one). A pair that did receive is closed (its old
+// peer is still sending; the kernel now answers it with port-unreachable)
+// and quarantined again, cold. Warm pairs nobody asked for are closed by
+// the sweep one quarantine after theirs ended, so a finished peak does not
+// keep descriptors open.
 type pool struct {
 	listen     netip.Addr
 	min        int
 	quarantine time.Duration
 	inUse      prometheus.Gauge
+	raw        bool
 
 	mu    sync.Mutex
-	free  []freePair // ring buffer
-	head  int
-	count int
+	pairs []pair
+	cold  ring
+	warm  ring
+	// warm[0:checked] were drained at mid-quarantine.
+	checked int
+	closed  bool
 }
 
-func newPool(listen netip.Addr, portMin, portMax int, quarantine time.Duration, inUse prometheus.Gauge) *pool {
+// ring is a FIFO of pair indexes.
+type ring struct {
+	buf         []int32
+	head, count int
+}
+
+func (r *ring) push(i int) {
+	r.buf[(r.head+r.count)%len(r.buf)] = int32(i)
+	r.count++
+}
+
+func (r *ring) at(n int) int { return int(r.buf[(r.head+n)%len(r.buf)]) }
+
+func (r *ring) pop() int {
+	i := r.buf[r.head]
+	r.head = (r.head + 1) % len(r.buf)
+	r.count--
+	return int(i)
+}
+
+func newPool(listen netip.Addr, portMin, portMax int, quarantine time.Duration, inUse prometheus.Gauge, raw bool) *pool {
 	n := (portMax - portMin + 1) / 2
-	p := &pool{listen: listen, min: portMin, quarantine: quarantine, inUse: inUse, free: make([]freePair, n), count: n}
+	p := &pool{listen: listen, min: portMin, quarantine: quarantine, inUse: inUse, raw: raw && rawSupported,
+		pairs: make([]pair, n), cold: ring{buf: make([]int32, n)}}
+	if p.raw {
+		p.warm = ring{buf: make([]int32, n)}
+	}
 	start := rand.IntN(n)
 	for i := range n {
-		p.free[i] = freePair{idx: (start + i) % n}
+		idx := (start + i) % n
+		p.pairs[idx] = pair{port: portMin + 2*idx, idx: idx, rtpFD: -1, rtcpFD: -1}
+		p.cold.push(idx)
 	}
 	return p
 }
 
-// get binds and returns a free pair, or an error wrapping ErrNoPorts.
+// get returns a pair with bound sockets, or an error wrapping ErrNoPorts.
 func (p *pool) get() (*pair, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.closed {
+		return nil, ErrClosed
+	}
 	now := time.Now()
+	for p.warm.count > 0 {
+		pr := &p.pairs[p.warm.at(0)]
+		if now.Sub(pr.freed) < p.quarantine {
+			break
+		}
+		p.warm.pop()
+		if p.checked > 0 {
+			p.checked--
+		}
+		// Anything queued now arrived after the mid-quarantine drain (or,
+		// unchecked, at any time since the call ended).
+		if drained := drainFD(pr.rtpFD) + drainFD(pr.rtcpFD); drained > 0 {
+			p.unbindLocked(pr)
+			pr.freed = now
+			p.cold.push(pr.idx)
+			continue
+		}
+		p.inUse.Add(2)
+		return pr, nil
+	}
 	var lastErr error
-	for tries := p.count; tries > 0; tries-- {
-		f := p.free[p.head]
-		if !f.freed.IsZero() && now.Sub(f.freed) < p.quarantine {
+	for tries := p.cold.count; tries > 0; tries-- {
+		pr := &p.pairs[p.cold.at(0)]
+		if !pr.freed.IsZero() && now.Sub(pr.freed) < p.quarantine {
 			break // everything behind it was freed later still
 		}
-		p.head = (p.head + 1) % len(p.free)
-		p.count--
-		port := p.min + 2*f.idx
-		pr, err := p.bind(port)
-		if err != nil {
+		p.cold.pop()
+		if err := p.bind(pr); err != nil {
 			// Not quarantined anew (nothing of a call can arrive on a port
 			// we never bound): back of the queue with its old time.
 			lastErr = err
-			p.pushLocked(f)
+			p.cold.push(pr.idx)
 			if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) || errors.Is(err, syscall.ENOBUFS) {
 				break // out of descriptors: every other pair fails the same way
 			}
 			continue
 		}
-		pr.idx = f.idx
 		p.inUse.Add(2)
 		return pr, nil
 	}
@@ -86,28 +155,104 @@ func (p *pool) get() (*pair, error) {
 	return nil, ErrNoPorts
 }
 
-func (p *pool) bind(port int) (*pair, error) {
-	rtp, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(p.listen, uint16(port))))
-	if err != nil {
-		return nil, err
+func (p *pool) bind(pr *pair) error {
+	rtpAP := netip.AddrPortFrom(p.listen, uint16(pr.port))
+	rtcpAP := netip.AddrPortFrom(p.listen, uint16(pr.port+1))
+	if p.raw {
+		rtp, err := bindRaw(rtpAP)
+		if err != nil {
+			return err
+		}
+		rtcp, err := bindRaw(rtcpAP)
+		if err != nil {
+			closeFD(rtp)
+			return err
+		}
+		pr.rtpFD, pr.rtcpFD, pr.v6 = rtp, rtcp, p.listen.Is6()
+		return nil
 	}
-	rtcp, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(p.listen, uint16(port+1))))
+	rtp, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(rtpAP))
+	if err != nil {
+		return err
+	}
+	rtcp, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(rtcpAP))
 	if err != nil {
 		rtp.Close()
-		return nil, err
+		return err
 	}
-	return &pair{port: port, rtp: rtp, rtcp: rtcp}, nil
+	pr.rtp, pr.rtcp = rtp, rtcp
+	return nil
 }
 
-// put returns a pair whose sockets are closed; it is quarantined.
+func (p *pool) unbindLocked(pr *pair) {
+	if pr.rtpFD >= 0 {
+		closeFD(pr.rtpFD)
+		closeFD(pr.rtcpFD)
+		pr.rtpFD, pr.rtcpFD = -1, -1
+	}
+	if pr.rtp != nil {
+		pr.rtp.Close()
+		pr.rtcp.Close()
+		pr.rtp, pr.rtcp = nil, nil
+	}
+}
+
+// put takes back a pair nothing serves any more; it is quarantined. A raw
+// pool keeps its sockets bound (warm); a conn pool forgets its conns, which
+// whoever served them has closed.
 func (p *pool) put(pr *pair) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.pushLocked(freePair{idx: pr.idx, freed: time.Now()})
 	p.inUse.Sub(2)
+	pr.freed = time.Now()
+	pr.rtp, pr.rtcp = nil, nil
+	if p.raw && !p.closed {
+		p.warm.push(pr.idx)
+		return
+	}
+	p.unbindLocked(pr)
+	p.cold.push(pr.idx)
 }
 
-func (p *pool) pushLocked(f freePair) {
-	p.free[(p.head+p.count)%len(p.free)] = f
-	p.count++
+// sweep drains warm pairs that reached the middle of their quarantine and
+// closes those that waited one more quarantine after it ended. Run calls it
+// with its timeout checks.
+func (p *pool) sweep() {
+	if !p.raw {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := time.Now()
+	for p.warm.count > 0 {
+		pr := &p.pairs[p.warm.at(0)]
+		if now.Sub(pr.freed) < 2*p.quarantine {
+			break
+		}
+		p.warm.pop()
+		if p.checked > 0 {
+			p.checked--
+		}
+		p.unbindLocked(pr)
+		p.cold.push(pr.idx) // its quarantine is over
+	}
+	for p.checked < p.warm.count {
+		pr := &p.pairs[p.warm.at(p.checked)]
+		if now.Sub(pr.freed) < p.quarantine/2 {
+			break
+		}
+		drainFD(pr.rtpFD)
+		drainFD(pr.rtcpFD)
+		p.checked++
+	}
+}
+
+// close unbinds every pair; the engine must have stopped (Run's shutdown).
+func (p *pool) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closed = true
+	for i := range p.pairs {
+		p.unbindLocked(&p.pairs[i])
+	}
 }

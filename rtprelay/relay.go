@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -115,7 +116,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "cusax_rtp_packets_lost_total", Help: "RTP packets missing, from gaps in sequence numbers.",
 		}),
 		PortsInUse: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "cusax_rtp_ports_in_use", Help: "Ports of the RTP range currently bound.",
+			Name: "cusax_rtp_ports_in_use", Help: "Ports of the RTP range held by calls (not counting ports in quarantine).",
 		}),
 		PortsCapacity: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "cusax_rtp_ports_capacity", Help: "Ports in the configured RTP range (rtp.port_min..rtp.port_max).",
@@ -135,8 +136,8 @@ type Relay struct {
 	cfg   Config
 	log   *slog.Logger
 	m     *Metrics
-	cnt   *counters
-	lim   limits
+	env   sockEnv
+	seed  maphash.Seed
 	pool  *pool
 	eng   engine
 	epoch time.Time
@@ -169,13 +170,16 @@ func New(cfg Config, log *slog.Logger, m *Metrics) (*Relay, error) {
 	}
 	m.PortsCapacity.Set(float64(cfg.Pairs() * 2))
 	r := &Relay{
-		cfg: cfg, log: log, m: m, cnt: newCounters(m),
+		cfg: cfg, log: log, m: m, seed: maphash.MakeSeed(),
+		epoch: time.Now(),
+		calls: make(map[string]*call),
+	}
+	r.env = sockEnv{
+		cnt: newCounters(m),
 		lim: limits{
 			relatchAfter: int64(cfg.RelatchAfter), floodWindow: int64(cfg.FloodWindow), floodLimit: cfg.FloodLimit,
 		},
-		pool:  newPool(cfg.Listen, cfg.PortMin, cfg.PortMax, cfg.Quarantine, m.PortsInUse),
-		epoch: time.Now(),
-		calls: make(map[string]*call),
+		detached: r.detached,
 	}
 	switch cfg.Engine {
 	case "epoll":
@@ -187,6 +191,11 @@ func New(cfg Config, log *slog.Logger, m *Metrics) (*Relay, error) {
 	default:
 		r.eng = newGoEngine(r.epoch, log)
 	}
+	// An engine that hands stopped sockets back (detachingEngine) serves
+	// raw sockets the pool keeps bound through their quarantine; the others
+	// get net.UDPConns, closed when a call lets go of them.
+	_, raw := r.eng.(detachingEngine)
+	r.pool = newPool(cfg.Listen, cfg.PortMin, cfg.PortMax, cfg.Quarantine, m.PortsInUse, raw)
 	return r, nil
 }
 
@@ -211,6 +220,7 @@ func (r *Relay) Run(ctx context.Context) error {
 			return nil
 		case <-t.C:
 			r.checkTimeouts()
+			r.pool.sweep()
 		}
 	}
 }
@@ -225,6 +235,7 @@ func (r *Relay) shutdown() {
 		r.drop(c)
 	}
 	r.eng.wait()
+	r.pool.close()
 }
 
 // ProbePorts binds every port of the range on listen (UDP), then releases

@@ -29,14 +29,15 @@ type limits struct {
 	floodLimit   int // packets per floodWindow; more are dropped
 }
 
-// learnState is what signalling tells a socket; replaced as a whole on each
-// offer or answer (gen increments), read by the packet path.
+// learnState is what signalling tells the two socks of an endpoint;
+// replaced as a whole on each offer or answer (gen increments), read by the
+// packet path. Never written once stored.
 type learnState struct {
 	gen       uint64
-	until     int64          // end of the learning window
-	expect    netip.AddrPort // address from the SDP; invalid when unknown
-	hold      bool           // c=0.0.0.0: send nothing to this side
-	nsPerTick int64          // RTP clock period for jitter, 0 when unknown
+	until     int64             // end of the learning window
+	nsPerTick int64             // RTP clock period for jitter, 0 when unknown
+	expect    [2]netip.AddrPort // RTP and RTCP addresses from the SDP; invalid when unknown
+	hold      bool              // c=0.0.0.0: send nothing to this side
 }
 
 // sockStats are a socket's counters, written by its packet path and read by
@@ -45,19 +46,18 @@ type sockStats struct {
 	packets, bytes         atomic.Uint64 // received from this side
 	sentPackets, sentBytes atomic.Uint64 // sent to this side
 	lost                   atomic.Int64  // RFC 3550 cumulative lost
-	jitter                 atomic.Uint32 // RFC 3550 interarrival jitter, RTP timestamp units
 	dropped                atomic.Uint64 // from a source other than the latched one, or unroutable
 	flooded                atomic.Uint64 // over the flood limit
-	lastRecv               atomic.Int64  // ns since the relay's epoch of the last accepted packet
+	lastRecv               atomic.Int64  // ns since the relay's epoch of the last accepted packet (also the packet path's)
+	jitter                 atomic.Uint32 // RFC 3550 interarrival jitter, RTP timestamp units
 }
 
 // rtpState is the RTP receive state of one socket (RFC 3550 A.1, A.8).
 type rtpState struct {
 	init     bool
-	ssrc     uint32
-	maxSeq   uint16
-	lost     int64
 	haveTr   bool
+	maxSeq   uint16
+	ssrc     uint32
 	transit  uint32
 	jitter16 uint32 // jitter * 16
 }
@@ -68,36 +68,54 @@ const (
 )
 
 // sock is one bound UDP socket of the relay, facing one side of a stream.
-// Packets read from it leave through out towards out's peer.
+// Packets read from it leave through out towards out's peer. Two socks
+// (RTP and RTCP) live inside an endpoint; their fields are ordered and
+// sized for memory (four per call).
 type sock struct {
-	conn   *net.UDPConn
-	port   int
+	// Read by the packet path, set before the engine starts serving.
+	out    *sock
+	env    *sockEnv
+	ep     *endpoint    // the endpoint holding this sock
+	conn   *net.UDPConn // the goroutine engine's socket; nil with raw descriptors
+	fd     int32        // the raw non-blocking socket (epoll engine), owned by the pool
+	port   uint16
+	v6     bool   // fd is an AF_INET6 socket
+	li     uint8  // which of learnState.expect is ours: 0 RTP, 1 RTCP
 	callID string // for logs only
-	fd     int32  // for engines that poll file descriptors
 	worker any    // engine-owned
-	out    *sock  // set before the engine starts serving the socket
-	cnt    *counters
-	lim    *limits
 
 	peer    atomic.Pointer[netip.AddrPort] // where packets for this side go; nil: nowhere
-	latched atomic.Bool
 	learn   atomic.Pointer[learnState]
+	latched atomic.Bool
 	st      sockStats
 
 	// Owned by the packet path.
-	seenGen    uint64
 	prio       int8 // 0: nothing latched since the last signalling event
-	from       netip.AddrPort
-	lastFrom   int64
+	floodCount int32
+	seenGen    uint64
 	floodStart int64
-	floodCount int
+	from       netip.AddrPort
 	rtp        rtpState
 }
 
-func newSock(conn *net.UDPConn, port int, callID string, cnt *counters, lim *limits) *sock {
-	s := &sock{conn: conn, port: port, callID: callID, cnt: cnt, lim: lim}
-	s.learn.Store(&learnState{})
-	return s
+// sockEnv is what every sock of a relay shares.
+type sockEnv struct {
+	cnt *counters
+	lim limits
+	// detached is called by the engine once it no longer touches a
+	// stopped sock (see engine.stop).
+	detached func(*sock)
+}
+
+// noLearning is the learn state of a sock no signalling has described yet
+// (never written).
+var noLearning = &learnState{}
+
+// initSock prepares s, bound to conn or fd on port; li: 0 for RTP, 1 for
+// RTCP.
+func initSock(s *sock, ep *endpoint, env *sockEnv, conn *net.UDPConn, fd int32, v6 bool, port int, li uint8, callID string) {
+	*s = sock{ep: ep, env: env, conn: conn, fd: fd, v6: v6, port: uint16(port), li: li, callID: callID}
+	s.learn.Store(noLearning)
 }
 
 // expect is called by signalling: the SDP of this side now names ap (hold:
@@ -105,13 +123,29 @@ func newSock(conn *net.UDPConn, port int, callID string, cnt *counters, lim *lim
 // replaces the destination at once; an unchanged one keeps what was latched.
 func (s *sock) expect(ap netip.AddrPort, hold bool, until, nsPerTick int64) {
 	old := s.learn.Load()
-	s.learn.Store(&learnState{gen: old.gen + 1, until: until, expect: ap, hold: hold, nsPerTick: nsPerTick})
+	ls := &learnState{gen: old.gen + 1, until: until, hold: hold, nsPerTick: nsPerTick}
+	ls.expect[s.li] = ap
+	s.setLearn(ls, old)
+}
+
+// expect tells both socks of e what the SDP of their side says (see
+// sock.expect); one allocation for both.
+func (e *endpoint) expect(rtp, rtcp netip.AddrPort, hold bool, until, nsPerTick int64) {
+	old := e.rtp.learn.Load()
+	ls := &learnState{gen: old.gen + 1, until: until, hold: hold, nsPerTick: nsPerTick, expect: [2]netip.AddrPort{rtp, rtcp}}
+	e.rtp.setLearn(ls, old)
+	e.rtcp.setLearn(ls, e.rtcp.learn.Load())
+}
+
+func (s *sock) setLearn(ls, old *learnState) {
+	s.learn.Store(ls)
+	ap := &ls.expect[s.li] // the destination points into ls: no allocation of its own
 	switch {
-	case hold:
+	case ls.hold:
 		s.peer.Store(nil)
 		s.latched.Store(false)
-	case ap.IsValid() && (ap != old.expect || old.hold || s.peer.Load() == nil):
-		s.peer.Store(&ap)
+	case ap.IsValid() && (*ap != old.expect[s.li] || old.hold || s.peer.Load() == nil):
+		s.peer.Store(ap)
 		s.latched.Store(false)
 	}
 }
@@ -133,14 +167,15 @@ func priority(src, want netip.AddrPort) int8 {
 func (s *sock) receive(p []byte, src netip.AddrPort, now int64) (out *sock, dst netip.AddrPort, ok bool) {
 	s.st.packets.Add(1)
 	s.st.bytes.Add(uint64(len(p)))
-	s.cnt.inPkts.Inc()
-	s.cnt.inBytes.Add(float64(len(p)))
+	env := s.env
+	env.cnt.inPkts.Inc()
+	env.cnt.inBytes.Add(float64(len(p)))
 
-	if now-s.floodStart >= s.lim.floodWindow {
+	if now-s.floodStart >= env.lim.floodWindow {
 		s.floodStart, s.floodCount = now, 0
 	}
 	s.floodCount++
-	if s.floodCount > s.lim.floodLimit {
+	if int(s.floodCount) > env.lim.floodLimit {
 		s.st.flooded.Add(1)
 		return nil, netip.AddrPort{}, false
 	}
@@ -150,18 +185,21 @@ func (s *sock) receive(p []byte, src netip.AddrPort, now int64) (out *sock, dst 
 		s.seenGen, s.prio = ls.gen, 0
 	}
 	if s.prio == 0 || src != s.from {
-		pr := priority(src, ls.expect)
+		pr := priority(src, ls.expect[s.li])
 		switch {
-		case s.prio == 0, now < ls.until && pr > s.prio, now-s.lastFrom > s.lim.relatchAfter:
+		case s.prio == 0, now < ls.until && pr > s.prio, now-s.st.lastRecv.Load() > env.lim.relatchAfter:
 			s.latch(src, pr, ls.hold)
 		default:
 			s.st.dropped.Add(1)
 			return nil, netip.AddrPort{}, false
 		}
 	}
-	s.lastFrom = now
 	s.st.lastRecv.Store(now)
-	s.analyse(p, now, ls.nsPerTick)
+	if s.li == 0 {
+		s.analyse(p, now, ls.nsPerTick)
+	} else {
+		s.analyse(p, now, 0) // jitter from RTP only
+	}
 
 	out = s.out
 	if out == nil {
@@ -190,8 +228,8 @@ func (s *sock) latch(src netip.AddrPort, pr int8, hold bool) {
 func (s *sock) sent(n int) {
 	s.st.sentPackets.Add(1)
 	s.st.sentBytes.Add(uint64(n))
-	s.cnt.outPkts.Inc()
-	s.cnt.outBytes.Add(float64(n))
+	s.env.cnt.outPkts.Inc()
+	s.env.cnt.outBytes.Add(float64(n))
 }
 
 // analyse updates loss and jitter from an RTP header; RTCP (RFC 5761
@@ -214,16 +252,14 @@ func (s *sock) analyse(p []byte, now, nsPerTick int64) {
 		switch d := int16(seq - r.maxSeq); {
 		case d > 0 && d < maxDropout:
 			if d > 1 {
-				r.lost += int64(d - 1)
-				s.cnt.lost.Add(float64(d - 1))
-				s.st.lost.Store(r.lost)
+				s.st.lost.Add(int64(d - 1))
+				s.env.cnt.lost.Add(float64(d - 1))
 			}
 			r.maxSeq = seq
 		case d == 0: // duplicate
 		case d < 0 && d > -maxMisorder:
-			if r.lost > 0 { // a late packet fills a gap
-				r.lost--
-				s.st.lost.Store(r.lost)
+			if s.st.lost.Load() > 0 { // a late packet fills a gap
+				s.st.lost.Add(-1)
 			}
 		default: // a jump: the sender restarted
 			r.maxSeq, r.haveTr = seq, false

@@ -1,0 +1,59 @@
+//go:build linux
+
+package rtprelay
+
+import (
+	"fmt"
+	"net/netip"
+
+	"golang.org/x/sys/unix"
+)
+
+// rawSupported: pools can bind raw non-blocking sockets for the epoll engine.
+const rawSupported = true
+
+// bindRaw binds a non-blocking UDP socket to ap, outside the Go runtime's
+// netpoller (the epoll engine polls it itself). An unspecified IPv6
+// address takes IPv4 too, as net.ListenUDP's does.
+func bindRaw(ap netip.AddrPort) (int32, error) {
+	family := unix.AF_INET
+	var sa unix.Sockaddr = &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
+	if ap.Addr().Is6() {
+		family = unix.AF_INET6
+		sa = &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+	}
+	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+	if err != nil {
+		return -1, fmt.Errorf("socket: %w", err)
+	}
+	if family == unix.AF_INET6 && ap.Addr().IsUnspecified() {
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0); err != nil {
+			unix.Close(fd)
+			return -1, fmt.Errorf("setsockopt IPV6_V6ONLY: %w", err)
+		}
+	}
+	if err := unix.Bind(fd, sa); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("bind %v: %w", ap, err)
+	}
+	return int32(fd), nil
+}
+
+func closeFD(fd int32) { unix.Close(int(fd)) }
+
+// drainFD discards the datagrams queued at fd and returns how many there
+// were; -1 or a closed descriptor drain nothing.
+func drainFD(fd int32) int {
+	if fd < 0 {
+		return 0
+	}
+	n := 0
+	for {
+		// A zero-length read takes one whole datagram off the queue.
+		_, _, errno := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd), 0, 0, unix.MSG_DONTWAIT|unix.MSG_TRUNC, 0, 0)
+		if errno != 0 {
+			return n
+		}
+		n++
+	}
+}

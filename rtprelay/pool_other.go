@@ -1,0 +1,19 @@
+//go:build !linux
+
+package rtprelay
+
+import (
+	"errors"
+	"net/netip"
+)
+
+// rawSupported: raw sockets serve the epoll engine only, which needs Linux.
+const rawSupported = false
+
+func bindRaw(netip.AddrPort) (int32, error) {
+	return -1, errors.New("rtprelay: raw sockets need Linux")
+}
+
+func closeFD(int32) {}
+
+func drainFD(int32) int { return 0 }
