@@ -318,8 +318,8 @@ func (r *Relay) newEndpoint(callID string) (*endpoint, error) {
 		return nil, err
 	}
 	e := &endpoint{pair: pr}
-	initSock(&e.rtp, e, &r.env, pr.rtp, pr.rtpFD, pr.v6, pr.port, 0, callID)
-	initSock(&e.rtcp, e, &r.env, pr.rtcp, pr.rtcpFD, pr.v6, pr.port+1, 1, callID)
+	initSock(e, 0, &r.env, pr.rtp, pr.rtpFD, pr.port, callID)
+	initSock(e, 1, &r.env, pr.rtcp, pr.rtcpFD, pr.port+1, callID)
 	return e, nil
 }
 
@@ -358,8 +358,8 @@ func (r *Relay) release(e *endpoint, started bool) {
 // detached is the engines' callback for a stopped sock they no longer
 // touch (sockEnv.detached).
 func (r *Relay) detached(s *sock) {
-	if s.ep.pending.Add(-1) == 0 {
-		r.pool.put(s.ep.pair)
+	if e := s.endpoint(); e.pending.Add(-1) == 0 {
+		r.pool.put(e.pair)
 	}
 }
 
@@ -464,7 +464,7 @@ func (r *Relay) Query(callID string) (Stats, error) {
 				}
 				ss.Lost = e.rtp.st.lost.Load()
 				if ls := e.rtp.learn.Load(); ls.nsPerTick > 0 {
-					ss.Jitter = time.Duration(int64(e.rtp.st.jitter.Load()) * ls.nsPerTick)
+					ss.Jitter = time.Duration(int64(e.rtp.jitter.Load()) * ls.nsPerTick)
 				}
 				if last >= 0 {
 					ss.LastPacket = time.Duration(now - last)

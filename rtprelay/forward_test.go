@@ -397,10 +397,8 @@ func testSocks() (a, b *sock, cnt *counters) {
 	m := NewMetrics(prometheus.NewRegistry())
 	cnt = newCounters(m)
 	env := &sockEnv{cnt: cnt, lim: limits{relatchAfter: int64(5 * time.Second), floodWindow: int64(10 * time.Millisecond), floodLimit: 100}}
-	ea, eb := &endpoint{}, &endpoint{}
-	a, b = &ea.rtp, &eb.rtp
-	initSock(a, ea, env, nil, -1, false, 30000, 0, "c")
-	initSock(b, eb, env, nil, -1, false, 30002, 0, "c")
+	a = initSock(&endpoint{}, 0, env, nil, -1, 30000, "c")
+	b = initSock(&endpoint{}, 0, env, nil, -1, 30002, "c")
 	a.out, b.out = b, a
 	return a, b, cnt
 }
@@ -503,7 +501,7 @@ func TestLossJitterSSRC(t *testing.T) {
 	if got := testutil.ToFloat64(cnt.lost); got != 3 {
 		t.Errorf("cusax_rtp_packets_lost_total = %v, want 3 (gaps; the late 3 is not taken back)", got)
 	}
-	if got := a.st.jitter.Load(); got == 0 || got > 40 {
+	if got := a.jitter.Load(); got == 0 || got > 40 {
 		t.Errorf("jitter = %d timestamp units, want a few (one packet 25 ms late)", got)
 	}
 	// Flood guard: 100 packets per window pass, the rest are dropped.

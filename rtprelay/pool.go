@@ -22,7 +22,6 @@ type pair struct {
 
 	// Raw non-blocking sockets (raw pools); -1 when not bound.
 	rtpFD, rtcpFD int32
-	v6            bool
 	// The goroutine engine's sockets (conn pools).
 	rtp, rtcp *net.UDPConn
 
@@ -168,7 +167,7 @@ func (p *pool) bind(pr *pair) error {
 			closeFD(rtp)
 			return err
 		}
-		pr.rtpFD, pr.rtcpFD, pr.v6 = rtp, rtcp, p.listen.Is6()
+		pr.rtpFD, pr.rtcpFD = rtp, rtcp
 		return nil
 	}
 	rtp, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(rtpAP))

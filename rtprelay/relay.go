@@ -180,6 +180,7 @@ func New(cfg Config, log *slog.Logger, m *Metrics) (*Relay, error) {
 			relatchAfter: int64(cfg.RelatchAfter), floodWindow: int64(cfg.FloodWindow), floodLimit: cfg.FloodLimit,
 		},
 		detached: r.detached,
+		v6:       cfg.Listen.Is6(),
 	}
 	switch cfg.Engine {
 	case "epoll":

@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/netip"
 	"sync/atomic"
+	"unsafe"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -33,7 +34,7 @@ type limits struct {
 // replaced as a whole on each offer or answer (gen increments), read by the
 // packet path. Never written once stored.
 type learnState struct {
-	gen       uint64
+	gen       uint32
 	until     int64             // end of the learning window
 	nsPerTick int64             // RTP clock period for jitter, 0 when unknown
 	expect    [2]netip.AddrPort // RTP and RTCP addresses from the SDP; invalid when unknown
@@ -49,7 +50,6 @@ type sockStats struct {
 	dropped                atomic.Uint64 // from a source other than the latched one, or unroutable
 	flooded                atomic.Uint64 // over the flood limit
 	lastRecv               atomic.Int64  // ns since the relay's epoch of the last accepted packet (also the packet path's)
-	jitter                 atomic.Uint32 // RFC 3550 interarrival jitter, RTP timestamp units
 }
 
 // rtpState is the RTP receive state of one socket (RFC 3550 A.1, A.8).
@@ -75,33 +75,42 @@ type sock struct {
 	// Read by the packet path, set before the engine starts serving.
 	out    *sock
 	env    *sockEnv
-	ep     *endpoint    // the endpoint holding this sock
 	conn   *net.UDPConn // the goroutine engine's socket; nil with raw descriptors
 	fd     int32        // the raw non-blocking socket (epoll engine), owned by the pool
 	port   uint16
-	v6     bool   // fd is an AF_INET6 socket
-	li     uint8  // which of learnState.expect is ours: 0 RTP, 1 RTCP
+	li     uint8  // 0: the endpoint's RTP sock, 1: its RTCP sock (learnState.expect index)
+	prio   int8   // owned by the packet path: 0: nothing latched since the last signalling event
 	callID string // for logs only
 	worker any    // engine-owned
 
 	peer    atomic.Pointer[netip.AddrPort] // where packets for this side go; nil: nowhere
 	learn   atomic.Pointer[learnState]
-	latched atomic.Bool
 	st      sockStats
+	jitter  atomic.Uint32 // RFC 3550 interarrival jitter, RTP timestamp units (with st)
+	latched atomic.Bool
 
-	// Owned by the packet path.
-	prio       int8 // 0: nothing latched since the last signalling event
+	// Owned by the packet path (and prio above).
 	floodCount int32
-	seenGen    uint64
+	seenGen    uint32
 	floodStart int64
 	from       netip.AddrPort
 	rtp        rtpState
+}
+
+// endpoint returns the endpoint s is part of (its rtp or rtcp field, by li).
+func (s *sock) endpoint() *endpoint {
+	off := unsafe.Offsetof(endpoint{}.rtp)
+	if s.li == 1 {
+		off = unsafe.Offsetof(endpoint{}.rtcp)
+	}
+	return (*endpoint)(unsafe.Add(unsafe.Pointer(s), -int(off)))
 }
 
 // sockEnv is what every sock of a relay shares.
 type sockEnv struct {
 	cnt *counters
 	lim limits
+	v6  bool // raw descriptors are AF_INET6 sockets
 	// detached is called by the engine once it no longer touches a
 	// stopped sock (see engine.stop).
 	detached func(*sock)
@@ -111,11 +120,16 @@ type sockEnv struct {
 // (never written).
 var noLearning = &learnState{}
 
-// initSock prepares s, bound to conn or fd on port; li: 0 for RTP, 1 for
-// RTCP.
-func initSock(s *sock, ep *endpoint, env *sockEnv, conn *net.UDPConn, fd int32, v6 bool, port int, li uint8, callID string) {
-	*s = sock{ep: ep, env: env, conn: conn, fd: fd, v6: v6, port: uint16(port), li: li, callID: callID}
+// initSock prepares the sock of ep for RTP (li 0: ep.rtp) or RTCP (li 1:
+// ep.rtcp), bound to conn or fd on port.
+func initSock(ep *endpoint, li uint8, env *sockEnv, conn *net.UDPConn, fd int32, port int, callID string) *sock {
+	s := &ep.rtp
+	if li == 1 {
+		s = &ep.rtcp
+	}
+	*s = sock{env: env, conn: conn, fd: fd, port: uint16(port), li: li, callID: callID}
 	s.learn.Store(noLearning)
+	return s
 }
 
 // expect is called by signalling: the SDP of this side now names ap (hold:
@@ -275,7 +289,7 @@ func (s *sock) analyse(p []byte, now, nsPerTick int64) {
 			d = -d
 		}
 		r.jitter16 += uint32(d) - (r.jitter16+8)>>4
-		s.st.jitter.Store(r.jitter16 >> 4)
+		s.jitter.Store(r.jitter16 >> 4)
 	}
 	r.transit, r.haveTr = transit, true
 }
