@@ -57,8 +57,8 @@ type B2BUA struct {
 	cps     *limiter
 	rate    *sourceLimiter
 	callsMu sync.Mutex
-	calls   map[string]*call // by media key
-	dialogs map[string]*leg  // by dialogKey
+	calls   map[string]*call  // by media key
+	dialogs map[dialogID]*leg // by dialogKey
 	// outCallIDs counts the calls using each B-leg Call-ID (loop detection).
 	outCallIDs map[string]int
 	pending    int           // admitted calls not yet in calls
@@ -99,7 +99,7 @@ func New(cfg Config, log *slog.Logger, m *Metrics) (*B2BUA, error) {
 	}
 	b = &B2BUA{cfg: cfg, log: log, m: m, ua: ua, srv: srv, bindings: bindings,
 		cps: newLimiter(cfg.MaxCPS), rate: newSourceLimiter(cfg.RateLimit),
-		calls: map[string]*call{}, dialogs: map[string]*leg{}, outCallIDs: map[string]int{}}
+		calls: map[string]*call{}, dialogs: map[dialogID]*leg{}, outCallIDs: map[string]int{}}
 	rand.Read(b.callKey[:])
 	if cfg.PBX != "" {
 		if b.pbx, err = parsePBX(cfg.PBX); err != nil {

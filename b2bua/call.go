@@ -194,7 +194,7 @@ func (b *B2BUA) newCall(req *sip.Request, tx sip.ServerTransaction) {
 	al := &leg{name: "a", uas: true, call: c, localTag: newTag(), callID: callid.Value(),
 		remoteTag: tagOf(from.Params), local: *to.Address.Clone(), localName: to.DisplayName,
 		remote: *from.Address.Clone(), target: *contact.Address.Clone(),
-		routes: routeSet(req.GetHeaders("Record-Route")), dest: req.Source(), transport: req.Transport(),
+		routes: routeSet(headersNamed(req, "Record-Route")), dest: req.Source(), transport: req.Transport(),
 		remoteSeq: cseq.SeqNo, invite: req, inviteTx: tx, ackCh: make(chan *sip.Request, 4)}
 	bl.ackCh = make(chan *sip.Request, 4)
 	al.client, al.contact, _ = b.clientFor(req.Transport())
@@ -227,7 +227,7 @@ func (b *B2BUA) newCall(req *sip.Request, tx sip.ServerTransaction) {
 	if trusted {
 		copyHeaders(req, breq, trustedInviteHeaders...)
 	}
-	if supported := filterSupported(req.GetHeaders("Supported")); supported != "" {
+	if supported := filterSupported(headersNamed(req, "Supported")); supported != "" {
 		breq.AppendHeader(sip.NewHeader("Supported", supported))
 	}
 	if !trusted && b.cfg.Auth != "local" {
@@ -279,6 +279,7 @@ func (b *B2BUA) bridgeInvite(ctx context.Context, c *call, req *sip.Request, tx 
 	var cancelOnce sync.Once
 	tx.OnCancel(func(*sip.Request) { cancelOnce.Do(func() { close(cancelled) }) })
 
+	bl.reack = &reAck{client: bl.client, sent: b.m.Requests.WithLabelValues("ACK", "out")}
 	b.m.Requests.WithLabelValues("INVITE", "out").Inc()
 	btx, err := bl.client.TransactionRequest(ctx, breq)
 	if err != nil {
@@ -292,11 +293,7 @@ func (b *B2BUA) bridgeInvite(ctx context.Context, c *call, req *sip.Request, tx 
 	bl.mu.Unlock()
 	defer btx.Terminate()
 	// The B-leg's 2xx retransmissions (our ACK lost) are ACKed again.
-	btx.OnRetransmission(func(res *sip.Response) {
-		if res.IsSuccess() {
-			b.ack(bl, breq.CSeq().SeqNo, nil)
-		}
-	})
+	btx.OnRetransmission(bl.reack.onRetransmission)
 
 	ring := time.NewTimer(b.cfg.RingTimeout)
 	defer ring.Stop()
@@ -390,7 +387,7 @@ func (b *B2BUA) bAnswered(ctx context.Context, c *call, breq *sip.Request, res *
 	if ct, ok := responseContact(res); ok {
 		bl.target = ct
 	}
-	rr := routeSet(res.GetHeaders("Record-Route"))
+	rr := routeSet(headersNamed(res, "Record-Route"))
 	slices.Reverse(rr)
 	bl.routes = rr
 	bl.confirmed = true
@@ -400,7 +397,7 @@ func (b *B2BUA) bAnswered(ctx context.Context, c *call, breq *sip.Request, res *
 
 	if cancelSent || al.inviteTx == nil || isDone(al.inviteTx) {
 		// The CANCEL/200 race: the B-leg answered after the caller left.
-		b.ack(bl, seq, nil)
+		bl.reack.req.Store(b.ack(bl, seq, nil))
 		b.endCall(c, nil, resultCancelled, 487, "")
 		return
 	}
@@ -423,14 +420,14 @@ func (b *B2BUA) bAnswered(ctx context.Context, c *call, breq *sip.Request, res *
 	}
 	if err != nil {
 		c.log.Warn("b-leg sdp refused", "err", err)
-		b.ack(bl, seq, nil)
+		bl.reack.req.Store(b.ack(bl, seq, nil))
 		b.respondA(c, 488, "Not Acceptable Here", nil, nil)
 		b.endCall(c, nil, resultFailed, 488, `SIP;cause=488;text="bad sdp"`)
 		return
 	}
 	lateOffer := !early && sdp != nil
 	if !lateOffer {
-		b.ack(bl, seq, nil)
+		bl.reack.req.Store(b.ack(bl, seq, nil))
 	}
 
 	b.addDialog(al)
@@ -447,7 +444,7 @@ func (b *B2BUA) bAnswered(ctx context.Context, c *call, breq *sip.Request, res *
 		}
 		c.log.Warn("no ACK from a-leg")
 		if lateOffer {
-			b.ack(bl, seq, nil)
+			bl.reack.req.Store(b.ack(bl, seq, nil))
 		}
 		b.endCall(c, nil, resultAnswered, 200, `SIP;cause=408;text="no ACK"`)
 		return
@@ -459,7 +456,7 @@ func (b *B2BUA) bAnswered(ctx context.Context, c *call, breq *sip.Request, res *
 				c.log.Warn("a-leg answer in ACK refused", "err", err)
 			}
 		}
-		b.ack(bl, seq, abody)
+		bl.reack.req.Store(b.ack(bl, seq, abody))
 	}
 }
 
@@ -531,15 +528,15 @@ func (b *B2BUA) responseFor(l *leg, req *sip.Request, code int, reason string, b
 	if bres != nil {
 		copyHeaders(bres, res, responseHeaders...)
 		if code >= 300 && code < 400 {
-			for _, h := range bres.GetHeaders("Contact") {
+			for _, h := range headersNamed(bres, "Contact") {
 				res.AppendHeader(sip.HeaderClone(h))
 			}
 		}
-		if s := filterSupported(bres.GetHeaders("Supported")); s != "" {
+		if s := filterSupported(headersNamed(bres, "Supported")); s != "" {
 			res.AppendHeader(sip.NewHeader("Supported", s))
 		}
 	}
-	if res.GetHeader("Server") == nil {
+	if headerNamed(res, "Server") == nil {
 		res.AppendHeader(sip.NewHeader("Server", b.cfg.UserAgent))
 	}
 	if body != nil {
@@ -599,16 +596,27 @@ func (b *B2BUA) endCall(c *call, by *leg, result string, code int, reason string
 		}
 		c.endResult = result
 		c.mu.Unlock()
-		var wg sync.WaitGroup
+		// BYE the confirmed legs other than by, both at once; usually one
+		// (the other leg hung up), sent from this goroutine.
+		var bye [2]*leg
+		n := 0
 		for _, l := range []*leg{c.a, c.b} {
 			l.mu.Lock()
 			confirmed := l.confirmed
 			l.mu.Unlock()
 			if l != by && confirmed {
-				wg.Go(func() { b.bye(l, reason) })
+				bye[n] = l
+				n++
 			}
 		}
-		wg.Wait()
+		if n == 2 {
+			var wg sync.WaitGroup
+			wg.Go(func() { b.bye(bye[1], reason) })
+			b.bye(bye[0], reason)
+			wg.Wait()
+		} else if n == 1 {
+			b.bye(bye[0], reason)
+		}
 		if c.anchored.Load() {
 			if err := b.cfg.Media.Delete(c.mediaID); err != nil && !errors.Is(err, rtprelay.ErrNotFound) {
 				c.log.Warn("media delete failed", "err", err)
@@ -676,7 +684,7 @@ func (b *B2BUA) bLegCallID(a string) string {
 func (b *B2BUA) identify(c *call, req, breq *sip.Request, trusted bool, authAOR string, bfrom *sip.FromHeader) {
 	claims, removed := stripImpp(breq)
 	xmppContacts := 0
-	for _, h := range req.GetHeaders("Contact") {
+	for _, h := range headersNamed(req, "Contact") {
 		if ch, ok := h.(*sip.ContactHeader); ok && strings.EqualFold(ch.Address.Scheme, "xmpp") {
 			xmppContacts++
 		}
@@ -733,7 +741,7 @@ func callerURIs(req *sip.Request, trusted bool, authAOR string) []string {
 		return append(out, authAOR)
 	}
 	if trusted {
-		for _, h := range req.GetHeaders("P-Asserted-Identity") {
+		for _, h := range headersNamed(req, "P-Asserted-Identity") {
 			for _, v := range splitList(h.Value()) {
 				if u := uriOf(v); u != "" {
 					out = append(out, u)
@@ -763,15 +771,6 @@ func uriOf(v string) string {
 	return v
 }
 
-// copyHeaders appends clones of src's headers with the given names to dst.
-func copyHeaders(src, dst sip.Message, names ...string) {
-	for _, name := range names {
-		for _, h := range src.GetHeaders(name) {
-			dst.AppendHeader(sip.HeaderClone(h))
-		}
-	}
-}
-
 // filterSupported joins the option tags of Supported headers minus the
 // extensions the gateway does not implement.
 func filterSupported(hs []sip.Header) string {
@@ -789,7 +788,7 @@ func filterSupported(hs []sip.Header) string {
 // sdpBody returns the message's SDP body, or nil.
 func sdpBody(m interface {
 	Body() []byte
-	GetHeader(string) sip.Header
+	Headers() []sip.Header
 }) []byte {
 	if m == nil {
 		return nil
@@ -798,7 +797,7 @@ func sdpBody(m interface {
 	if len(bytes.TrimSpace(body)) == 0 {
 		return nil
 	}
-	if ct := m.GetHeader("Content-Type"); ct != nil {
+	if ct := headerNamed(m, "Content-Type"); ct != nil {
 		v := strings.ToLower(strings.TrimSpace(ct.Value()))
 		if i := strings.IndexByte(v, ';'); i >= 0 {
 			v = strings.TrimSpace(v[:i])
@@ -817,7 +816,7 @@ func tagOf(p sip.HeaderParams) string {
 
 // responseContact returns the SIP Contact URI of a response.
 func responseContact(res *sip.Response) (sip.Uri, bool) {
-	for _, h := range res.GetHeaders("Contact") {
+	for _, h := range headersNamed(res, "Contact") {
 		if c, ok := h.(*sip.ContactHeader); ok && (strings.EqualFold(c.Address.Scheme, "sip") || strings.EqualFold(c.Address.Scheme, "sips")) {
 			return *c.Address.Clone(), true
 		}

@@ -10,9 +10,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // A leg is one of the two dialogs of a bridged call, as the gateway sees
@@ -47,13 +49,36 @@ type leg struct {
 	inviteTx  sip.ServerTransaction // A-leg: the initial INVITE
 	ackCh     chan *sip.Request     // A-leg: ACKs of our 2xx
 	confirmed bool                  // a 2xx was sent/received and ACKed/ACKed
+	reack     *reAck                // B-leg: ACKs the initial INVITE's 2xx retransmissions
+}
+
+// reAck sends the ACK of a B-leg INVITE's 2xx again when the 2xx comes
+// again (our ACK was lost). sipgo keeps the client transaction, and so
+// this callback, for Timer M (32 s) after the 2xx, beyond the end of most
+// calls: it holds the ACK, not the call (capturing the leg kept every
+// call's legs, requests and responses in memory for 32 s).
+type reAck struct {
+	client *sipgo.Client
+	sent   prometheus.Counter
+	req    atomic.Pointer[sip.Request] // the ACK sent; nil before
+}
+
+func (r *reAck) onRetransmission(res *sip.Response) {
+	if req := r.req.Load(); req != nil && res.IsSuccess() {
+		r.sent.Inc()
+		r.client.WriteRequest(req)
+	}
 }
 
 // key is the dialog's key in the gateway's table: Call-ID and our tag,
 // which is the To tag of every request the peer sends inside the dialog.
-func (l *leg) key() string { return dialogKey(l.callID, l.localTag) }
+func (l *leg) key() dialogID { return dialogKey(l.callID, l.localTag) }
 
-func dialogKey(callID, localTag string) string { return callID + "\x00" + localTag }
+// dialogID identifies a dialog of the gateway: Call-ID and our tag (a
+// struct key: building a string key cost an allocation per look-up).
+type dialogID struct{ callID, localTag string }
+
+func dialogKey(callID, localTag string) dialogID { return dialogID{callID, localTag} }
 
 // newTag returns a random tag (RFC 3261 section 19.3: 32 bits of
 // randomness at least).
@@ -152,8 +177,9 @@ func (b *B2BUA) bye(l *leg, reason string) {
 }
 
 // ack sends the ACK of a 2xx on a B-leg (a new transaction: RFC 3261
-// section 13.2.2.4), with body when the INVITE carried no offer.
-func (b *B2BUA) ack(l *leg, seq uint32, body []byte) {
+// section 13.2.2.4), with body when the INVITE carried no offer, and
+// returns it.
+func (b *B2BUA) ack(l *leg, seq uint32, body []byte) *sip.Request {
 	req := l.request(sip.ACK)
 	req.CSeq().SeqNo = seq
 	if body != nil {
@@ -164,6 +190,7 @@ func (b *B2BUA) ack(l *leg, seq uint32, body []byte) {
 	if err := l.client.WriteRequest(req); err != nil {
 		b.log.Debug("ack failed", "call_id", l.call.id, "leg", l.name, "err", err)
 	}
+	return req
 }
 
 // cancelInvite sends a CANCEL for the pending INVITE req (RFC 3261 section
@@ -171,7 +198,7 @@ func (b *B2BUA) ack(l *leg, seq uint32, body []byte) {
 func (b *B2BUA) cancelInvite(l *leg, req *sip.Request) {
 	c := sip.NewRequest(sip.CANCEL, *req.Recipient.Clone())
 	c.AppendHeader(sip.HeaderClone(req.Via()))
-	for _, h := range req.GetHeaders("Route") {
+	for _, h := range headersNamed(req, "Route") {
 		c.AppendHeader(sip.HeaderClone(h))
 	}
 	c.AppendHeader(sip.HeaderClone(req.From()))

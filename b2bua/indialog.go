@@ -119,7 +119,7 @@ func (b *B2BUA) offerAnswer(l *leg, req *sip.Request, tx sip.ServerTransaction) 
 	}
 	oreq := o.request(req.Method)
 	copyHeaders(req, oreq, inDialogHeaders...)
-	if s := filterSupported(req.GetHeaders("Supported")); s != "" {
+	if s := filterSupported(headersNamed(req, "Supported")); s != "" {
 		oreq.AppendHeader(sip.NewHeader("Supported", s))
 	}
 	if body != nil {
@@ -217,7 +217,7 @@ func (b *B2BUA) roundTrip(ctx context.Context, l *leg, req *sip.Request) (*sip.R
 func (b *B2BUA) reply(l *leg, req *sip.Request, tx sip.ServerTransaction, res *sip.Response, body []byte) {
 	out := b.responseFor(l, req, res.StatusCode, res.Reason, res, nil)
 	if len(body) > 0 {
-		if ct := res.GetHeader("Content-Type"); ct != nil && sdpBody(res) == nil {
+		if ct := headerNamed(res, "Content-Type"); ct != nil && sdpBody(res) == nil {
 			out.AppendHeader(sip.HeaderClone(ct))
 		} else {
 			out.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))

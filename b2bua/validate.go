@@ -61,7 +61,7 @@ func checkRequest(req *sip.Request) *rejection {
 	}
 	if req.Method != sip.CANCEL {
 		var bad []string
-		for _, h := range req.GetHeaders("Require") {
+		for _, h := range headersNamed(req, "Require") {
 			for _, tag := range strings.Split(h.Value(), ",") {
 				if unsupportedExtension(tag) {
 					bad = append(bad, strings.TrimSpace(tag))
@@ -77,7 +77,7 @@ func checkRequest(req *sip.Request) *rejection {
 			return &rejection{code: 415, reason: "Unsupported Media Type",
 				hdrs: []sip.Header{sip.NewHeader("Accept", "application/sdp")}}
 		}
-		if !acceptsSDP(req.GetHeaders("Accept")) {
+		if !acceptsSDP(headersNamed(req, "Accept")) {
 			return &rejection{code: 406, reason: "Not Acceptable",
 				hdrs: []sip.Header{sip.NewHeader("Accept", "application/sdp")}}
 		}
