@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -721,42 +720,3 @@ func benchmarkRoundTrip(b *testing.B, engine string) {
 
 var _ = fmt.Sprint
 var _ = os.Getenv
-
-// BenchmarkMemoryPerCall reports heap and stack bytes per anchored call
-// (one audio stream: four sockets), per engine.
-func BenchmarkMemoryPerCall(b *testing.B) {
-	for _, e := range engines {
-		b.Run(e, func(b *testing.B) {
-			const calls = 500
-			min, max := freeRange(b, calls*4+40)
-			r, _, _ := testRelay(b, Config{PortMin: min, PortMax: max, Engine: e})
-			runRelay(b, r)
-			ctx := context.Background()
-			for b.Loop() {
-				before := memInUse()
-				for i := range calls {
-					id := strconv.Itoa(i)
-					if _, err := r.Offer(ctx, id, "a", phoneSDP(4000)); err != nil {
-						b.Fatal(err)
-					}
-					if _, err := r.Answer(ctx, id, "b", phoneSDP(5000)); err != nil {
-						b.Fatal(err)
-					}
-				}
-				b.ReportMetric(float64(memInUse()-before)/calls, "bytes/call")
-				for i := range calls {
-					r.Delete(strconv.Itoa(i))
-				}
-				r.pool.quarantine = 0
-			}
-		})
-	}
-}
-
-func memInUse() int64 {
-	runtime.GC()
-	time.Sleep(10 * time.Millisecond) // let the loops park
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	return int64(ms.HeapInuse + ms.StackInuse)
-}

@@ -119,3 +119,76 @@ func TestPoolWarm(t *testing.T) {
 		}
 	})
 }
+
+// agePool moves every freed pair's release d into the past.
+func agePool(p *pool, d time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i := range p.pairs {
+		if !p.pairs[i].freed.IsZero() {
+			p.pairs[i].freed = p.pairs[i].freed.Add(-d)
+		}
+	}
+}
+
+// TestReuseDropsLateDatagrams: a call that gets the still-bound sockets of
+// an ended call never sees what was sent to them in between: the stray
+// source is not latched, its packets are not relayed, nothing is counted.
+func TestReuseDropsLateDatagrams(t *testing.T) {
+	if !epollSupported {
+		t.Skip("the epoll engine needs Linux")
+	}
+	const q = time.Hour
+	min, max := freeRange(t, 4) // two pairs: one call
+	r, _, _ := testRelay(t, Config{PortMin: min, PortMax: max, Engine: "epoll", Workers: 2, Quarantine: q})
+	if _, ok := r.eng.(detachingEngine); !ok {
+		t.Skip("the engine closes its sockets; nothing is reused")
+	}
+	runRelay(t, r)
+	a, b, stray := listenPhone(t), listenPhone(t), listenPhone(t)
+	toA1, toB1 := relayCall(t, r, "old", a, b)
+	exchange(t, a, toA1, b, rtpPacket(1, 0, 1))
+	if err := r.Delete("old"); err != nil {
+		t.Fatal(err)
+	}
+	warm := func() int { r.pool.mu.Lock(); defer r.pool.mu.Unlock(); return r.pool.warm.count }
+	settle(t, func() bool { return warm() == 2 })
+	if n := warm(); n != 2 {
+		t.Fatalf("%d warm pairs after the call ended, want 2", n)
+	}
+	// Late packets of the old call, to all four sockets.
+	for _, to := range []netip.AddrPort{toA1, toB1} {
+		for _, p := range []uint16{to.Port(), to.Port() + 1} {
+			if _, err := stray.WriteToUDPAddrPort([]byte("stray"), netip.AddrPortFrom(loopback, p)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	agePool(r.pool, q/2+time.Second)
+	r.pool.sweep() // the mid-quarantine drain
+	agePool(r.pool, q/2)
+
+	a2, b2 := listenPhone(t), listenPhone(t)
+	toA2, toB2 := relayCall(t, r, "new", a2, b2)
+	if got, want := []uint16{toA2.Port(), toB2.Port()}, []uint16{toA1.Port(), toB1.Port()}; !(got[0] == want[0] && got[1] == want[1] || got[0] == want[1] && got[1] == want[0]) {
+		t.Fatalf("new call on ports %v, want the warm pairs %v", got, want)
+	}
+	pkt := rtpPacket(7, 0, 9)
+	if from := exchange(t, a2, toA2, b2, pkt); from != toB2 {
+		t.Errorf("relayed from %v, want %v", from, toB2)
+	}
+	exchange(t, b2, toB2, a2, rtpPacket(8, 0, 10))
+	s, err := r.Query("new")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for side, l := range s.Legs {
+		st := l.Streams[0]
+		if st.Packets != 1 || st.Dropped != 0 || st.SentPackets != 1 {
+			t.Errorf("leg %d: %d packets received, %d dropped, %d sent; want 1, 0, 1 (stray datagrams of the old call must be gone)", side, st.Packets, st.Dropped, st.SentPackets)
+		}
+	}
+	if p := s.Legs[0].Streams[0].Peer; p != a2.LocalAddr().(*net.UDPAddr).AddrPort() {
+		t.Errorf("leg A latched to %v, want the new phone %v", p, a2.LocalAddr())
+	}
+}
