@@ -29,7 +29,7 @@ type Metrics struct {
 //	cusax_xmpp_component_up          gauge 0|1, 1 while the handshake is done and the stream is served
 //	cusax_xmpp_reconnects_total      counter, connection attempts after the first one of Run
 //	cusax_xmpp_privilege{access}     gauge 0|1 per XEP-0356 grant (see Privileges.Granted)
-//	cusax_sync_total{kind,result}    counter, kind=reach|vcard, result=ok|unchanged|error|skipped
+//	cusax_sync_total{kind,result}    counter, kind=reach|vcard|tombstone, result=ok|unchanged|error|skipped
 //
 // All five access values exist from the start at 0. A nil reg leaves the
 // collectors unregistered (for Probe and tests). NewMetrics panics if reg
@@ -51,12 +51,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	m.sync = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "cusax_sync_total",
-		Help: "Per-user synchronisations of XEP-0152 reachability (kind=reach) and vCard numbers (kind=vcard) by result.",
+		Help: "Per-user synchronisations of XEP-0152 reachability (kind=reach) and vCard numbers (kind=vcard), and deleted identities cleared (kind=tombstone), by result.",
 	}, []string{"kind", "result"})
 	for _, a := range accessLabels {
 		m.privilege.WithLabelValues(a).Set(0)
 	}
-	for _, k := range []string{KindReach, KindVCard} {
+	for _, k := range []string{KindReach, KindVCard, KindTombstone} {
 		for _, r := range []string{ResultOK, ResultUnchanged, ResultError, ResultSkipped} {
 			m.sync.WithLabelValues(k, r)
 		}

@@ -24,12 +24,16 @@ func TestMetricsInitialValues(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
 	NewMetrics(reg)
 	const want = `
-# HELP cusax_sync_total Per-user synchronisations of XEP-0152 reachability (kind=reach) and vCard numbers (kind=vcard) by result.
+# HELP cusax_sync_total Per-user synchronisations of XEP-0152 reachability (kind=reach) and vCard numbers (kind=vcard), and deleted identities cleared (kind=tombstone), by result.
 # TYPE cusax_sync_total counter
 cusax_sync_total{kind="reach",result="error"} 0
 cusax_sync_total{kind="reach",result="ok"} 0
 cusax_sync_total{kind="reach",result="skipped"} 0
 cusax_sync_total{kind="reach",result="unchanged"} 0
+cusax_sync_total{kind="tombstone",result="error"} 0
+cusax_sync_total{kind="tombstone",result="ok"} 0
+cusax_sync_total{kind="tombstone",result="skipped"} 0
+cusax_sync_total{kind="tombstone",result="unchanged"} 0
 cusax_sync_total{kind="vcard",result="error"} 0
 cusax_sync_total{kind="vcard",result="ok"} 0
 cusax_sync_total{kind="vcard",result="skipped"} 0

@@ -31,6 +31,11 @@ type Identities interface {
 	Rev(ctx context.Context) (uint64, error)
 	// Watch delivers every change after revision from until ctx ends.
 	Watch(ctx context.Context, from uint64) (<-chan identity.Event, error)
+	// Tombstones returns up to limit tombstones of deleted identities
+	// after the JID after, in JID order, and the next cursor.
+	Tombstones(ctx context.Context, after string, limit int) ([]identity.Tombstone, string, error)
+	// AckTombstone removes jid's tombstone unless it is newer than rev.
+	AckTombstone(ctx context.Context, jid string, rev uint64) (bool, error)
 }
 
 // Defaults of SyncConfig.
@@ -136,6 +141,11 @@ const (
 
 	KindReach = "reach"
 	KindVCard = "vcard"
+	// KindTombstone counts deleted identities whose published data was
+	// cleared: ok (something written) or unchanged (nothing left to clear)
+	// and the tombstone acknowledged, error (retried at the next full
+	// reconcile), skipped (no write path: the tombstone is kept).
+	KindTombstone = "tombstone"
 )
 
 func randomID() string {
@@ -149,25 +159,36 @@ type syncJob struct {
 	jid string
 	// id is the identity to publish; nil means look it up first (presence).
 	id *identity.Identity
-	// deleted: the identity is gone; clear what was published.
+	// deleted: the identity is gone; clear what was published, then
+	// acknowledge its tombstone at rev.
 	deleted bool
+	// tomb: from a tombstone (at rev) found by a reconcile: look the JID
+	// up first; clear only if it is still gone.
+	tomb bool
+	// rev is the store revision the job reflects: the identity's Version,
+	// the delete's revision, 0 for a presence re-check (looked up fresh).
+	rev uint64
 }
 
 // syncQueue holds at most one pending job per JID (a newer one replaces it)
 // and never hands out two jobs for the same JID at once, so that the
-// read-modify-writes of one user never overlap. Safe for concurrent use.
+// read-modify-writes of one user never overlap. It also drops a job older
+// (by syncJob.rev) than one already pending or handed out for its JID: a
+// reconcile's page listed before a delete must not republish the deleted
+// identity after the delete was cleared. Safe for concurrent use.
 type syncQueue struct {
 	mu      sync.Mutex
 	pending map[string]syncJob
 	order   []string // FIFO of pending JIDs
 	busy    map[string]bool
-	wake    chan struct{} // a job may be takeable
-	space   chan struct{} // a slot may be free
-	max     int           // pushWait blocks above this many pending jobs
+	last    map[string]uint64 // per JID, the newest rev handed out
+	wake    chan struct{}     // a job may be takeable
+	space   chan struct{}     // a slot may be free
+	max     int               // pushWait blocks above this many pending jobs
 }
 
 func newSyncQueue(max int) *syncQueue {
-	return &syncQueue{pending: map[string]syncJob{}, busy: map[string]bool{},
+	return &syncQueue{pending: map[string]syncJob{}, busy: map[string]bool{}, last: map[string]uint64{},
 		wake: make(chan struct{}, 1), space: make(chan struct{}, 1), max: max}
 }
 
@@ -178,11 +199,15 @@ func signal(ch chan struct{}) {
 	}
 }
 
-// push queues j, replacing a pending job of the same JID. It never blocks.
+// push queues j, replacing a pending job of the same JID unless that one
+// is newer. It never blocks.
 func (q *syncQueue) push(j syncJob) {
 	q.mu.Lock()
-	if _, ok := q.pending[j.jid]; !ok {
+	if p, ok := q.pending[j.jid]; !ok {
 		q.order = append(q.order, j.jid)
+	} else if j.rev < p.rev {
+		q.mu.Unlock()
+		return
 	}
 	q.pending[j.jid] = j
 	q.mu.Unlock()
@@ -211,30 +236,58 @@ func (q *syncQueue) pushWait(ctx context.Context, j syncJob) error {
 // one until ctx ends.
 func (q *syncQueue) take(ctx context.Context) (syncJob, bool) {
 	for {
-		q.mu.Lock()
-		for i, jid := range q.order {
-			if q.busy[jid] {
-				continue
-			}
-			j := q.pending[jid]
-			q.order = append(q.order[:i:i], q.order[i+1:]...)
-			delete(q.pending, jid)
-			q.busy[jid] = true
-			more := len(q.order) > 0
-			q.mu.Unlock()
-			if more {
-				signal(q.wake)
-			}
-			signal(q.space)
+		if j, ok := q.takeNow(); ok {
 			return j, true
 		}
-		q.mu.Unlock()
 		select {
 		case <-ctx.Done():
 			return syncJob{}, false
 		case <-q.wake:
 		}
 	}
+}
+
+// takeNow returns the oldest pending job whose JID is not busy, dropping
+// the stale ones it meets, or false if there is none.
+func (q *syncQueue) takeNow() (syncJob, bool) {
+	q.mu.Lock()
+	removed := false
+	for i := 0; i < len(q.order); {
+		jid := q.order[i]
+		if q.busy[jid] {
+			i++
+			continue
+		}
+		j := q.pending[jid]
+		q.order = append(q.order[:i:i], q.order[i+1:]...)
+		delete(q.pending, jid)
+		removed = true
+		if j.rev != 0 && j.rev < q.last[jid] {
+			continue // older than what already ran for this JID
+		}
+		q.busy[jid] = true
+		q.last[jid] = max(q.last[jid], j.rev)
+		more := len(q.order) > 0
+		q.mu.Unlock()
+		if more {
+			signal(q.wake) // another worker may take the next one
+		}
+		signal(q.space)
+		return j, true
+	}
+	q.mu.Unlock()
+	if removed {
+		signal(q.space)
+	}
+	return syncJob{}, false
+}
+
+// forget drops the revisions remembered per JID: after a resync they may
+// belong to a store that started over.
+func (q *syncQueue) forget() {
+	q.mu.Lock()
+	clear(q.last)
+	q.mu.Unlock()
 }
 
 // done releases the JID of a finished job.
@@ -444,12 +497,13 @@ func (c *Component) syncLoop(ctx context.Context, send iqSender) {
 			switch ev.Op {
 			case identity.OpPut:
 				id := ev.Identity
-				s.queue.push(syncJob{jid: ev.JID, id: &id})
+				s.queue.push(syncJob{jid: ev.JID, id: &id, rev: ev.Rev})
 			case identity.OpDelete:
 				id := ev.Identity
 				id.JID = ev.JID
-				s.queue.push(syncJob{jid: ev.JID, id: &id, deleted: true})
+				s.queue.push(syncJob{jid: ev.JID, id: &id, deleted: true, rev: ev.Rev})
 			case identity.OpResync:
+				s.queue.forget()
 				signal(reconcile)
 			}
 		case <-c.presence.ch:
@@ -522,7 +576,7 @@ func (s *syncRun) reconcile(ctx context.Context, paced bool) error {
 					}
 				}
 			}
-			if err := s.queue.pushWait(ctx, syncJob{jid: id.JID, id: &id}); err != nil {
+			if err := s.queue.pushWait(ctx, syncJob{jid: id.JID, id: &id, rev: id.Version}); err != nil {
 				return err
 			}
 		}
@@ -533,8 +587,34 @@ func (s *syncRun) reconcile(ctx context.Context, paced bool) error {
 		after = next
 	}
 	s.lastCount.Store(int64(n))
-	s.c.log.Debug("component sync reconcile queued", "identities", n, "paced", paced, "duration", time.Since(start).Round(time.Millisecond))
-	return nil
+	tombs, err := s.reconcileTombstones(ctx)
+	s.c.log.Debug("component sync reconcile queued", "identities", n, "tombstones", tombs, "paced", paced, "duration", time.Since(start).Round(time.Millisecond))
+	return err
+}
+
+// reconcileTombstones queues every tombstone of the map: identities
+// deleted while no stream followed the change feed, whose reach node and
+// vCard numbers may still be published. It returns how many it queued.
+func (s *syncRun) reconcileTombstones(ctx context.Context) (int, error) {
+	after, n := "", 0
+	for {
+		lctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+		page, next, err := s.c.cfg.Identities.Tombstones(lctx, after, 500)
+		cancel()
+		if err != nil {
+			return n, fmt.Errorf("component: sync: list tombstones after %q: %w", after, err)
+		}
+		for _, t := range page {
+			if err := s.queue.pushWait(ctx, syncJob{jid: t.JID, tomb: true, rev: t.Rev}); err != nil {
+				return n, err
+			}
+		}
+		n += len(page)
+		if next == "" {
+			return n, nil
+		}
+		after = next
+	}
 }
 
 func (s *syncRun) worker(ctx context.Context) {
@@ -561,17 +641,32 @@ func (s *syncRun) run(ctx context.Context, j syncJob) {
 		id, err := s.c.cfg.Identities.Get(gctx, j.jid)
 		cancel()
 		switch {
+		case errors.Is(err, identity.ErrNotFound) && j.tomb:
+			// Still deleted: clear what may have been published.
+			j.id, j.deleted = &identity.Identity{JID: j.jid}, true
 		case errors.Is(err, identity.ErrNotFound):
 			return // not a CUSAX user: leave their data alone
 		case err != nil:
 			s.c.log.Warn("component sync lookup failed", "jid", j.jid, "err", err)
+			if j.tomb {
+				s.record(ctx, KindTombstone, j.jid, "", ResultError, err)
+			}
 			return
+		default:
+			if j.tomb {
+				// Re-created since the tombstone was listed: the live
+				// identity is published instead, never cleared.
+				j.tomb = false
+			}
+			j.id = &id
 		}
-		j.id = &id
 	}
 	user, err := jid.Parse(j.jid)
 	if err != nil || user.Localpart() == "" || !user.Domain().Equal(s.c.domain) {
 		s.c.log.Debug("component sync: not a user of our domain", "jid", j.jid)
+		if j.deleted {
+			s.ackTombstone(ctx, j, ResultUnchanged) // nothing of ours to clear, ever
+		}
 		return
 	}
 	user = user.Bare()
@@ -585,14 +680,64 @@ func (s *syncRun) run(ctx context.Context, j syncJob) {
 	// is published without reading it first (one privileged IQ saved per
 	// changed user; publishing the value it already held would be harmless).
 	vcardWritten := false
+	results := make([]string, 0, 2)
 	if plan.VCard != PathOff {
 		res, err := s.syncVCard(ctx, priv, plan, user, want)
 		s.record(ctx, KindVCard, j.jid, plan.VCard, res, err)
 		vcardWritten = res == ResultOK
+		results = append(results, res)
 	}
 	if plan.Reach != PathOff {
 		res, err := s.syncReach(ctx, priv, plan, user, reachURIs(want), vcardWritten)
 		s.record(ctx, KindReach, j.jid, plan.Reach, res, err)
+		results = append(results, res)
+	}
+	if j.deleted {
+		s.finishDelete(ctx, j, results)
+	}
+}
+
+// finishDelete acknowledges the tombstone of a deleted identity once every
+// enabled kind is cleared (ok or unchanged), and counts the outcome as
+// kind tombstone. After an error the tombstone stays for the next
+// reconcile; without a write path it stays until one appears or it
+// expires.
+func (s *syncRun) finishDelete(ctx context.Context, j syncJob, results []string) {
+	outcome := ResultUnchanged
+	for _, r := range results {
+		switch {
+		case r == ResultError:
+			s.record(ctx, KindTombstone, j.jid, "", ResultError, errors.New("clearing failed"))
+			return
+		case r == ResultSkipped:
+			outcome = ResultSkipped
+		case r == ResultOK && outcome == ResultUnchanged:
+			outcome = ResultOK
+		}
+	}
+	if outcome == ResultSkipped {
+		s.record(ctx, KindTombstone, j.jid, "", ResultSkipped, nil)
+		return
+	}
+	s.ackTombstone(ctx, j, outcome)
+}
+
+// ackTombstone acknowledges j's tombstone and counts result (or an error).
+func (s *syncRun) ackTombstone(ctx context.Context, j syncJob, result string) {
+	if j.rev == 0 {
+		return
+	}
+	actx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	removed, err := s.c.cfg.Identities.AckTombstone(actx, j.jid, j.rev)
+	cancel()
+	if err != nil {
+		s.record(ctx, KindTombstone, j.jid, "", ResultError, fmt.Errorf("component: acknowledge tombstone: %w", err))
+		return
+	}
+	s.record(ctx, KindTombstone, j.jid, "", result, nil)
+	if j.tomb {
+		// Found by a reconcile, not by the change feed: worth a line.
+		s.c.log.Info("component cleared a deleted identity", "jid", j.jid, "rev", j.rev, "removed", removed)
 	}
 }
 
