@@ -642,7 +642,9 @@ func (s *syncRun) run(ctx context.Context, j syncJob) {
 		cancel()
 		switch {
 		case errors.Is(err, identity.ErrNotFound) && j.tomb:
-			// Still deleted: clear what may have been published.
+			// Still deleted: clear what may have been published. A
+			// re-creation from now on emits a put whose job runs after
+			// this one (one job per JID at a time) and publishes again.
 			j.id, j.deleted = &identity.Identity{JID: j.jid}, true
 		case errors.Is(err, identity.ErrNotFound):
 			return // not a CUSAX user: leave their data alone

@@ -964,6 +964,55 @@ func TestRedisTwoGateways(t *testing.T) {
 	}
 }
 
+// TestRedisTombstonesTwoGateways: a delete through one gateway leaves a
+// tombstone every gateway sees; both may clear it (acks are idempotent),
+// and a gateway acknowledging an older delete late leaves the tombstone
+// of a newer one in place.
+func TestRedisTombstonesTwoGateways(t *testing.T) {
+	testenv.Require(t)
+	leakCheck(t)
+	r := testenv.StartRedis(t)
+	s1 := newRedisStore(t, realClient(t, r), identity.RedisOptions{KeyPrefix: "two:"})
+	s2 := newRedisStore(t, realClient(t, r), identity.RedisOptions{KeyPrefix: "two:"})
+	ctx := longCtx(t)
+	if _, err := s1.Create(ctx, alice()); err != nil {
+		t.Fatal(err)
+	}
+	if err := s1.Delete(ctx, alice().JID); err != nil {
+		t.Fatal(err)
+	}
+	ts, _, err := s2.Tombstones(ctx, "", 0)
+	if err != nil || len(ts) != 1 || ts[0].JID != alice().JID {
+		t.Fatalf("second gateway's Tombstones = %+v, %v", ts, err)
+	}
+	first := ts[0].Rev
+	// Re-created and deleted again through the second gateway while the
+	// first is still clearing the first delete.
+	if _, err := s2.Create(ctx, alice()); err != nil {
+		t.Fatal(err)
+	}
+	if err := s2.Delete(ctx, alice().JID); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := s1.AckTombstone(ctx, alice().JID, first); err != nil || ok {
+		t.Errorf("late ack of the first delete = %v, %v, want false", ok, err)
+	}
+	ts, _, err = s1.Tombstones(ctx, "", 0)
+	if err != nil || len(ts) != 1 || ts[0].Rev <= first {
+		t.Fatalf("Tombstones after the late ack = %+v, %v, want the second delete's", ts, err)
+	}
+	second := ts[0].Rev
+	// Both gateways clear it: the first ack removes it, the second finds nothing.
+	ok1, err1 := s1.AckTombstone(ctx, alice().JID, second)
+	ok2, err2 := s2.AckTombstone(ctx, alice().JID, second)
+	if err1 != nil || err2 != nil || !ok1 || ok2 {
+		t.Errorf("acks of %d = %v, %v and %v, %v; want true then false", second, ok1, err1, ok2, err2)
+	}
+	if ts, _, err := s2.Tombstones(ctx, "", 0); err != nil || len(ts) != 0 {
+		t.Errorf("Tombstones = %+v, %v, want none", ts, err)
+	}
+}
+
 // TestRedisRacingWritersReal races writers of two gateways (own clients)
 // for the same numbers on a real Redis.
 func TestRedisRacingWritersReal(t *testing.T) {
