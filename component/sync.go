@@ -266,7 +266,9 @@ func (q *syncQueue) takeNow() (syncJob, bool) {
 			continue // older than what already ran for this JID
 		}
 		q.busy[jid] = true
-		q.last[jid] = max(q.last[jid], j.rev)
+		if j.rev > q.last[jid] {
+			q.last[jid] = j.rev // presence re-checks (0) leave no entry
+		}
 		more := len(q.order) > 0
 		q.mu.Unlock()
 		if more {
