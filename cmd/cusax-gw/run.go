@@ -7,7 +7,10 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"os"
 	"runtime"
+	"runtime/debug"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -36,6 +39,7 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer, getenv func(st
 	}
 	log := newLogger(cfg, stderr)
 	quietLibraries(log)
+	tuneGC(cfg.Runtime, getenv, log)
 	d, err := newDaemon(cfg, log)
 	if err != nil {
 		log.Error("startup failed", "err", err)
@@ -46,6 +50,25 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer, getenv func(st
 		return exitFailure
 	}
 	return exitOK
+}
+
+// tuneGC applies runtime.gc_percent and runtime.memory_limit unless the
+// GOGC or GOMEMLIMIT environment variable (which the Go runtime already
+// applied) is set.
+func tuneGC(rt config.Runtime, getenv func(string) string, log *slog.Logger) {
+	if getenv == nil {
+		getenv = os.Getenv
+	}
+	gc, limit := getenv("GOGC"), getenv("GOMEMLIMIT")
+	if gc == "" {
+		debug.SetGCPercent(rt.GCPercent)
+		gc = strconv.Itoa(rt.GCPercent)
+	}
+	if limit == "" && rt.MemoryLimit > 0 {
+		debug.SetMemoryLimit(int64(rt.MemoryLimit))
+		limit = strconv.Itoa(rt.MemoryLimit)
+	}
+	log.Debug("go garbage collector", "gogc", gc, "gomemlimit", limit)
 }
 
 func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {

@@ -22,6 +22,7 @@ type Config struct {
 	SIP      SIP      `yaml:"sip"`
 	RTP      RTP      `yaml:"rtp"`
 	Shutdown Shutdown `yaml:"shutdown"`
+	Runtime  Runtime  `yaml:"runtime"`
 
 	// lines maps a dotted YAML path ("rtp.port_min") to the line it was
 	// set on, so that validation errors can point into the file.
@@ -139,6 +140,17 @@ type Shutdown struct {
 	Drain Duration `yaml:"drain"`
 }
 
+// Runtime tunes the Go runtime's garbage collector. The GOGC and GOMEMLIMIT
+// environment variables, when set, win over these keys.
+type Runtime struct {
+	// GCPercent is GOGC: the heap may grow this many percent over the live
+	// heap before a collection; -1 collects only at MemoryLimit.
+	GCPercent int `yaml:"gc_percent"`
+	// MemoryLimit is GOMEMLIMIT in bytes, a soft limit near which the
+	// collector works harder whatever GCPercent says; 0: none.
+	MemoryLimit int `yaml:"memory_limit"`
+}
+
 // Default returns the configuration every file is overlaid on: the defaults
 // of CONTRACT.md.
 func Default() *Config {
@@ -182,6 +194,9 @@ func Default() *Config {
 			Rtpengine:  Rtpengine{NG: "127.0.0.1:22222"},
 		},
 		Shutdown: Shutdown{Drain: Duration(30 * time.Second)},
+		// 200: half the collector's CPU of Go's 100 for ~1.5x the heap
+		// (docs/benchmarks.md, calls per second).
+		Runtime: Runtime{GCPercent: 200},
 	}
 }
 

@@ -301,6 +301,15 @@ func (c *Config) Validate() error {
 		}
 	}
 
+	switch g := c.Runtime.GCPercent; {
+	case g == -1 && c.Runtime.MemoryLimit <= 0:
+		bad("runtime.gc_percent", "-1 (collect only at the memory limit) needs runtime.memory_limit")
+	case g != -1 && g < 10:
+		bad("runtime.gc_percent", "must be at least 10, or -1 with runtime.memory_limit, got %d", g)
+	}
+	if c.Runtime.MemoryLimit < 0 {
+		bad("runtime.memory_limit", "must not be negative (0: no limit), got %d", c.Runtime.MemoryLimit)
+	}
 	if c.Shutdown.Drain.D() < 0 {
 		bad("shutdown.drain", "must not be negative, got %s", c.Shutdown.Drain)
 	}
