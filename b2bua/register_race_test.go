@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/emiago/sipgo"
@@ -268,4 +269,21 @@ func listenerAddr(t *testing.T, b *B2BUA, network string) string {
 	}
 	t.Fatalf("gateway has no %s listener: %v", network, b.Addrs())
 	return ""
+}
+
+// TestRegFlightsWaitBounded: a REGISTER that never ends (the PBX does not
+// answer it) holds a racing call for at most the bound.
+func TestRegFlightsWaitBounded(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var f regFlights
+		end := f.begin([]string{"cx-1"})
+		defer end()
+		start := time.Now()
+		if !f.wait(context.Background(), "cx-1", 32*time.Second) {
+			t.Fatal("wait on a key in flight did not wait")
+		}
+		if d := time.Since(start); d != 32*time.Second {
+			t.Errorf("wait returned after %v, want the bound 32s", d)
+		}
+	})
 }
