@@ -159,6 +159,35 @@ func (b *B2BUA) newCall(req *sip.Request, tx sip.ServerTransaction) {
 		authAOR = aor
 	}
 
+	c, breq, ok := b.prepareCall(ctx, req, tx, trusted, origin, authAOR, contact, mf)
+	if !ok {
+		return
+	}
+	bl := c.b
+
+	// From here the call exists and ends only through endCall.
+	admitted = false
+	b.addCall(c)
+	c.log.Info("call start", "origin", origin, "from", aorOf(from.Address), "to", aorOf(to.Address),
+		"b_call_id", bl.callID)
+	if b.cfg.MaxDuration > 0 {
+		c.maxTimer = time.AfterFunc(b.cfg.MaxDuration, func() {
+			c.log.Info("maximum call duration reached", "max_duration", b.cfg.MaxDuration)
+			b.endCall(c, nil, resultAnswered, 0, `SIP;cause=200;text="maximum call duration"`)
+		})
+	}
+	b.bridgeInvite(ctx, c, req, tx, breq)
+}
+
+// prepareCall builds the call and its B-leg INVITE: where the B-leg goes,
+// both legs, the whitelisted headers, identity and media. It answers req
+// itself and returns false when the call cannot be set up. It is apart from
+// newCall to keep newCall's stack frame small: newCall's goroutine (sipgo's,
+// one per request) lives through the whole INVITE and grew, copying, its
+// stack on every call.
+func (b *B2BUA) prepareCall(ctx context.Context, req *sip.Request, tx sip.ServerTransaction, trusted bool, origin, authAOR string,
+	contact *sip.ContactHeader, mf sip.MaxForwardsHeader) (*call, *sip.Request, bool) {
+	from, to, callid, cseq := req.From(), req.To(), req.CallID(), req.CSeq()
 	// Where the B-leg goes.
 	bl := &leg{name: "b", localTag: newTag()}
 	target := *req.Recipient.Clone()
@@ -166,7 +195,7 @@ func (b *B2BUA) newCall(req *sip.Request, tx sip.ServerTransaction) {
 		if b.pbxDown.Load() {
 			b.m.Calls.WithLabelValues(origin, resultFailed).Inc()
 			b.respond(tx, req, 503, "Service Unavailable", b.retryAfter(), pbxDownWarning)
-			return
+			return nil, nil, false
 		}
 		bl.client, bl.contact, _ = b.clientFor(b.pbx.transport)
 		bl.dest, bl.transport = b.pbx.hostport, b.pbx.transport
@@ -175,17 +204,17 @@ func (b *B2BUA) newCall(req *sip.Request, tx sip.ServerTransaction) {
 		if code != 0 {
 			b.m.Calls.WithLabelValues(origin, resultRejected).Inc()
 			b.respond(tx, req, code, reason)
-			return
+			return nil, nil, false
 		}
 		if sip.ParseUri(bd.Contact, &target) != nil {
 			b.respond(tx, req, 480, "Temporarily Unavailable")
-			return
+			return nil, nil, false
 		}
 		var ok bool
 		bl.client, bl.contact, ok = b.clientFor(bd.Transport)
 		if !ok {
 			b.respond(tx, req, 503, "Service Unavailable", b.retryAfter())
-			return
+			return nil, nil, false
 		}
 		bl.dest, bl.transport = bd.Source, strings.ToUpper(bd.Transport)
 	}
@@ -200,7 +229,7 @@ func (b *B2BUA) newCall(req *sip.Request, tx sip.ServerTransaction) {
 	al.client, al.contact, _ = b.clientFor(req.Transport())
 	if al.client == nil {
 		b.respond(tx, req, 500, "Server Internal Error")
-		return
+		return nil, nil, false
 	}
 	bl.call, c.a, c.b = c, al, bl
 	c.mediaID = c.id + "/" + al.localTag
@@ -246,7 +275,7 @@ func (b *B2BUA) newCall(req *sip.Request, tx sip.ServerTransaction) {
 		if err != nil {
 			b.m.Calls.WithLabelValues(origin, resultFailed).Inc()
 			b.rejectMedia(tx, req, c, err)
-			return
+			return nil, nil, false
 		}
 		breq.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
 		breq.SetBody(sdp)
@@ -255,19 +284,7 @@ func (b *B2BUA) newCall(req *sip.Request, tx sip.ServerTransaction) {
 	}
 	breq.SetTransport(bl.transport)
 	breq.SetDestination(bl.dest)
-
-	// From here the call exists and ends only through endCall.
-	admitted = false
-	b.addCall(c)
-	c.log.Info("call start", "origin", origin, "from", aorOf(from.Address), "to", aorOf(to.Address),
-		"b_call_id", bl.callID)
-	if b.cfg.MaxDuration > 0 {
-		c.maxTimer = time.AfterFunc(b.cfg.MaxDuration, func() {
-			c.log.Info("maximum call duration reached", "max_duration", b.cfg.MaxDuration)
-			b.endCall(c, nil, resultAnswered, 0, `SIP;cause=200;text="maximum call duration"`)
-		})
-	}
-	b.bridgeInvite(ctx, c, req, tx, breq)
+	return c, breq, true
 }
 
 // bridgeInvite sends the B-leg INVITE, relays its responses to the A-leg
