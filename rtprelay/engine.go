@@ -15,13 +15,13 @@ import (
 // destination); an engine only reads, calls receive, writes to the
 // returned socket's peer and calls sent.
 //
-// goEngine runs a goroutine per socket. An epoll engine (golang.org/x/sys/unix,
-// N workers, each socket's fd pinned to one worker so a stream is never
-// reordered, recvfrom on the raw fd, writes through out.conn so a
-// concurrently closed destination is safe) fits the same interface: start
-// adds the fd to a worker's epoll set, stop hands the close to that worker
-// so an fd is never read after it was closed and reused, wait stops the
-// workers.
+// goEngine runs a goroutine per socket. epollEngine (Linux) serves every
+// socket from a few workers, each socket pinned to one worker so a stream is
+// never reordered; it takes the sockets off the runtime's netpoller and
+// moves packets with raw recvfrom/sendto (engine_epoll_linux.go says why).
+// start adds a socket to a worker's set; stop retires its descriptor, which
+// is closed once no worker can still be reading from or sending through it;
+// wait stops the workers.
 type engine interface {
 	// start begins serving s; s.out is set and stays.
 	start(s *sock)

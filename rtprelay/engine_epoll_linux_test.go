@@ -3,37 +3,174 @@
 package rtprelay
 
 import (
+	"errors"
 	"log/slog"
 	"net"
+	"net/netip"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 )
 
-func TestEpollDrainAllocs(t *testing.T) {
-	r, _, _ := testRelay(t, Config{})
-	sa, _, phone := forwardRig(t, r)
-	raw, err := sa.conn.SyscallConn()
-	if err != nil {
-		t.Fatal(err)
+func testEpollEngine() *epollEngine {
+	return &epollEngine{epoch: time.Now(), log: slog.New(slog.DiscardHandler)}
+}
+
+func TestEpollRecvAllocs(t *testing.T) {
+	r, _, _ := testRelay(t, Config{FloodLimit: 1 << 20})
+	sa, sb, phone := forwardRig(t, r)
+	e := testEpollEngine()
+	for _, s := range []*sock{sa, sb} {
+		if _, err := e.prepare(s); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { e.stop(s) })
 	}
-	raw.Control(func(fd uintptr) { sa.fd = int32(fd) })
-	w := &epollWorker{e: &epollEngine{epoch: time.Now(), log: slog.New(slog.DiscardHandler)}}
+	w := &epollWorker{e: e}
 	buf := make([]byte, bufSize)
 	pkt := rtpPacket(1, 0, 1)
-	to := sa.conn.LocalAddr().(*net.UDPAddr).AddrPort()
+	to := netip.AddrPortFrom(loopback, uint16(sa.port))
+	got := make([]byte, 1500)
+	phone.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if n := testing.AllocsPerRun(100, func() {
 		if _, err := phone.WriteToUDPAddrPort(pkt, to); err != nil {
 			t.Fatal(err)
 		}
-		w.drain(sa, buf)
+		w.recv(sa, buf, int64(time.Since(e.epoch)))
+		if _, _, err := phone.ReadFromUDPAddrPort(got); err != nil { // sb sends to the phone
+			t.Fatal(err)
+		}
 	}); n != 0 {
-		t.Errorf("epoll drain allocates %v times per packet, want 0", n)
+		t.Errorf("epoll recv+forward allocates %v times per packet, want 0", n)
 	}
-	if got := sa.st.packets.Load(); got < 100 {
-		t.Errorf("drain read %d packets, want at least 100", got)
+	if got := sa.st.packets.Load(); got != 101 {
+		t.Errorf("recv read %d packets, want 101", got)
 	}
+	if got := sb.st.sentPackets.Load(); got != 101 {
+		t.Errorf("sent %d packets through the other socket, want 101", got)
+	}
+}
+
+// TestEpollPrepare: the engine serves a socket from its own descriptor; the
+// net.UDPConn is closed (off the runtime's netpoller) but the port stays
+// bound until stop.
+func TestEpollPrepare(t *testing.T) {
+	r, _, _ := testRelay(t, Config{})
+	sa, _, _ := forwardRig(t, r)
+	e := testEpollEngine()
+	es, err := e.prepare(sa)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := e.prepare(sa); again != es {
+		t.Error("prepare twice made a second descriptor")
+	}
+	if _, _, err := sa.conn.ReadFromUDPAddrPort(make([]byte, 10)); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("read on the net.UDPConn after prepare = %v, want net.ErrClosed", err)
+	}
+	addr := net.UDPAddrFromAddrPort(netip.AddrPortFrom(loopback, uint16(sa.port)))
+	if c, err := net.ListenUDP("udp", addr); err == nil {
+		c.Close()
+		t.Fatal("the port was free after prepare; want it held by the engine's descriptor")
+	}
+	e.stop(sa)
+	c, err := net.ListenUDP("udp", addr)
+	if err != nil {
+		t.Fatalf("port still bound after stop: %v", err)
+	}
+	c.Close()
+}
+
+// TestEpollRetire: the descriptor of a stopped socket stays open while a
+// worker that was inside a batch may still send through it, and is closed
+// once that batch has ended.
+func TestEpollRetire(t *testing.T) {
+	e := testEpollEngine()
+	busy, idle := &epollWorker{e: e}, &epollWorker{e: e}
+	e.workers = []*epollWorker{busy, idle}
+	busy.seq.Store(7) // inside a batch
+	idle.seq.Store(4)
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	isOpen := func() bool { _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); return err == nil }
+	e.retire(int32(fd))
+	if !isOpen() {
+		t.Fatal("closed while a worker was inside a batch")
+	}
+	idle.seq.Add(2) // the idle worker's later batches see the socket dead: no matter
+	e.reap()
+	if !isOpen() || e.nRetired.Load() != 1 {
+		t.Fatal("closed before the busy worker left its batch")
+	}
+	busy.seq.Add(1)
+	e.reap()
+	if isOpen() {
+		unix.Close(fd)
+		t.Fatal("still open after every batch that could use it ended")
+	}
+	if e.nRetired.Load() != 0 || len(e.retired) != 0 {
+		t.Errorf("retired list %v after reaping", e.retired)
+	}
+}
+
+// TestEpollSendTo sends from an IPv4 and an IPv6 socket (to a v6 and a
+// v4-mapped destination) and refuses an IPv6 destination on an IPv4 socket.
+func TestEpollSendTo(t *testing.T) {
+	recv := func(c *net.UDPConn, want []byte) {
+		t.Helper()
+		buf := make([]byte, 100)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, _, err := c.ReadFromUDPAddrPort(buf)
+		if err != nil || string(buf[:n]) != string(want) {
+			t.Errorf("got %q, %v; want %q", buf[:n], err, want)
+		}
+	}
+	e := testEpollEngine()
+	v4 := &sock{conn: listenPhone(t)}
+	o4, err := e.prepare(v4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.stop(v4)
+	dst4 := listenPhone(t)
+	if errno := sendTo(o4, []byte("four"), dst4.LocalAddr().(*net.UDPAddr).AddrPort()); errno != 0 {
+		t.Fatal(errno)
+	}
+	recv(dst4, []byte("four"))
+	if errno := sendTo(o4, []byte("x"), netip.MustParseAddrPort("[::1]:9")); errno != unix.EAFNOSUPPORT {
+		t.Errorf("IPv6 destination on an IPv4 socket: %v, want EAFNOSUPPORT", errno)
+	}
+
+	c6, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv6unspecified})
+	if err != nil {
+		t.Skipf("no IPv6: %v", err)
+	}
+	v6 := &sock{conn: c6}
+	o6, err := e.prepare(v6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.stop(v6)
+	if !o6.v6 {
+		t.Fatal("an IPv6 socket was not recognised")
+	}
+	if errno := sendTo(o6, []byte("mapped"), dst4.LocalAddr().(*net.UDPAddr).AddrPort()); errno != 0 {
+		t.Fatal(errno)
+	}
+	recv(dst4, []byte("mapped"))
+	dst6, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv6loopback})
+	if err != nil {
+		t.Skipf("no ::1: %v", err)
+	}
+	defer dst6.Close()
+	if errno := sendTo(o6, []byte("six"), dst6.LocalAddr().(*net.UDPAddr).AddrPort()); errno != 0 {
+		t.Fatal(errno)
+	}
+	recv(dst6, []byte("six"))
 }
 
 func TestEngineConfig(t *testing.T) {
@@ -41,4 +178,57 @@ func TestEngineConfig(t *testing.T) {
 		slog.New(slog.DiscardHandler), NewMetrics(prometheus.NewRegistry())); err == nil {
 		t.Error("New accepted engine \"kernel\"")
 	}
+}
+
+func TestEpollNextWake(t *testing.T) {
+	const p = epollPace
+	for _, tc := range []struct {
+		name            string
+		paced           bool
+		n               int
+		full            bool
+		start, prev, at int64 // at: when the batch ended
+		wantPaced       bool
+		wantWait        int64
+	}{
+		{"idle, a lone packet", false, 1, false, 10 * p, 0, 10*p + 5, false, 0},
+		{"idle, a packet soon after the last", false, 1, false, 10 * p, 9 * p, 10*p + 5, true, p - 5},
+		{"paced, packets keep coming", true, 7, false, 10 * p, 9 * p, 10*p + 50, true, p - 50},
+		{"paced, a period without packets", true, 0, false, 10 * p, 9 * p, 10*p + 1, false, 0},
+		{"paced, the batch took longer than a period", true, 7, false, 10 * p, 9 * p, 12 * p, true, epollMinPace},
+		{"paced, a full batch: more are waiting", true, 128, true, 10 * p, 9 * p, 10*p + 50, true, epollMinPace},
+		{"paced after a scheduling delay", true, 3, false, 10 * p, 5 * p, 10*p + 50, true, p - 50},
+	} {
+		paced, d := nextWake(tc.paced, tc.n, tc.full, tc.start, tc.prev, tc.at)
+		if paced != tc.wantPaced || d != tc.wantWait {
+			t.Errorf("%s: nextWake = %v, %v; want %v, %v", tc.name, paced, d, tc.wantPaced, tc.wantWait)
+		}
+	}
+}
+
+// TestEpollPacedStop: a socket stopped while its worker is paced (the set
+// out of the gate) is closed, and the relay shuts down.
+func TestEpollPacedStop(t *testing.T) {
+	r, _, _ := testRelay(t, Config{FloodLimit: 1 << 20, Engine: "epoll", Workers: 1})
+	runRelay(t, r)
+	a, b := listenPhone(t), listenPhone(t)
+	toA, _ := relayCall(t, r, "paced", a, b)
+	for i := range 50 { // lock-step packets less than a period apart: the worker paces
+		exchange(t, a, toA, b, rtpPacket(uint16(i), uint32(160*i), 1))
+	}
+	if err := r.Delete("paced"); err != nil {
+		t.Fatal(err)
+	}
+	settle(t, func() bool {
+		c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(toA))
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(toA))
+	if err != nil {
+		t.Fatalf("relay port still bound after Delete: %v", err)
+	}
+	c.Close()
 }
