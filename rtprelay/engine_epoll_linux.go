@@ -100,10 +100,13 @@ type epollWorker struct {
 
 // epollSock is the engine's part of a socket, in sock.worker.
 type epollSock struct {
-	w    *epollWorker // set by start
-	fd   int32        // a duplicate of the net.UDPConn's, owned by the engine
-	v6   bool         // an AF_INET6 socket
-	dead atomic.Bool  // stopped: nothing more is sent through fd
+	w  *epollWorker // set by start
+	fd int32        // a duplicate of the net.UDPConn's, owned by the engine
+	v6 bool         // an AF_INET6 socket
+	// pooled: fd belongs to the relay's pool, which gets the sock back
+	// (sockEnv.detached) instead of the engine closing fd.
+	pooled bool
+	dead   atomic.Bool // stopped: nothing more is sent through fd
 }
 
 // retiredFD is the descriptor of a stopped socket and each worker's seq
@@ -112,6 +115,17 @@ type epollSock struct {
 type retiredFD struct {
 	fd   int32
 	seen []uint64
+	s    *sock // a pooled sock: handed back, not closed
+}
+
+// release closes a retired descriptor, or hands a pooled sock back to the
+// relay.
+func (r retiredFD) release() {
+	if r.s != nil {
+		r.s.env.detached(r.s)
+		return
+	}
+	unix.Close(int(r.fd))
 }
 
 // epollEvents is the most events one epoll_wait returns: a batch.
@@ -209,6 +223,11 @@ func (e *epollEngine) prepare(s *sock) (*epollSock, error) {
 	if es, ok := s.worker.(*epollSock); ok {
 		return es, nil
 	}
+	if s.conn == nil { // a raw socket of the relay's pool: served as it is, handed back when retired
+		es := &epollSock{fd: s.fd, v6: s.env.v6, pooled: true}
+		s.worker = es
+		return es, nil
+	}
 	raw, err := s.conn.SyscallConn()
 	if err != nil {
 		return nil, err
@@ -260,8 +279,12 @@ func (e *epollEngine) start(s *sock) {
 
 func (e *epollEngine) stop(s *sock) {
 	es, ok := s.worker.(*epollSock)
-	if !ok {
-		s.conn.Close()
+	if !ok { // never served
+		if s.conn != nil {
+			s.conn.Close()
+		} else {
+			s.env.detached(s)
+		}
 		return
 	}
 	if es.dead.Swap(true) {
@@ -273,19 +296,31 @@ func (e *epollEngine) stop(s *sock) {
 		delete(w.socks, es.fd)
 		w.mu.Unlock()
 	}
+	if es.pooled {
+		e.retireSock(es.fd, s)
+		return
+	}
 	e.retire(es.fd)
 }
+
+// detaches: stopped pooled socks go back through sockEnv.detached
+// (detachingEngine).
+func (e *epollEngine) detaches() {}
 
 // retire queues fd for closing and closes what no worker can still use.
 // Every worker reads seq after dead was set, so a batch that starts later
 // sees dead and sends nothing through fd.
-func (e *epollEngine) retire(fd int32) {
+func (e *epollEngine) retire(fd int32) { e.retireSock(fd, nil) }
+
+// retireSock is retire for the descriptor of s; a pooled one is handed back
+// to the relay instead of closed.
+func (e *epollEngine) retireSock(fd int32, s *sock) {
 	seen := make([]uint64, len(e.workers))
 	for i, w := range e.workers {
 		seen[i] = w.seq.Load()
 	}
 	e.retireMu.Lock()
-	e.retired = append(e.retired, retiredFD{fd: fd, seen: seen})
+	e.retired = append(e.retired, retiredFD{fd: fd, seen: seen, s: s})
 	e.nRetired.Add(1)
 	e.retireMu.Unlock()
 	e.reap()
@@ -301,7 +336,7 @@ func (e *epollEngine) reap() {
 			keep = append(keep, r)
 			continue
 		}
-		unix.Close(int(r.fd))
+		r.release()
 	}
 	clear(e.retired[len(keep):])
 	e.retired = keep
@@ -328,7 +363,7 @@ func (e *epollEngine) wait() {
 	e.wg.Wait()
 	e.retireMu.Lock()
 	for _, r := range e.retired { // no worker left
-		unix.Close(int(r.fd))
+		r.release()
 	}
 	e.retired = nil
 	e.nRetired.Store(0)
