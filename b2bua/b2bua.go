@@ -143,6 +143,7 @@ func (b *B2BUA) Listen() error {
 						"listen", l.String(), "want_bytes", want, "got_bytes", got)
 				}
 			}
+			b.m.udpDrops.add(c)
 			b.udp = append(b.udp, c)
 		default:
 			ln, err := net.Listen("tcp", l.Addr)

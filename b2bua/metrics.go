@@ -15,6 +15,8 @@ type Metrics struct {
 	Auth          *prometheus.CounterVec // result (sip.auth: local)
 	Rejected      *prometheus.CounterVec // reason (admission control)
 	PBXUp         prometheus.Gauge
+
+	udpDrops *udpDrops // cusax_sip_udp_receive_drops_total
 }
 
 // NewMetrics creates the b2bua metrics and registers them with reg.
@@ -68,7 +70,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Help: "1 while sip.pbx answers the gateway's OPTIONS pings, 0 once it stopped answering (phones then get 503).",
 	})
 	m.PBXUp.Set(1)
-	reg.MustRegister(m.Rejected, m.PBXUp)
+	m.udpDrops = &udpDrops{}
+	drops := prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "cusax_sip_udp_receive_drops_total",
+		Help: "SIP datagrams the kernel dropped because a UDP listener's receive buffer was full (sip.udp_receive_buffer; Linux).",
+	}, m.udpDrops.total)
+	reg.MustRegister(m.Rejected, m.PBXUp, drops)
 	for _, a := range []string{"stamped", "stripped", "kept"} {
 		m.CallInfo.WithLabelValues(a)
 	}

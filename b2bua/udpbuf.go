@@ -2,6 +2,7 @@ package b2bua
 
 import (
 	"net"
+	"sync"
 )
 
 // DefaultUDPReadBuffer is the receive buffer asked for on every SIP UDP
@@ -26,4 +27,54 @@ func setReadBuffer(c net.PacketConn, want int) int {
 		return 0
 	}
 	return setSockReadBuffer(uc, want)
+}
+
+// udpDrops sums, for cusax_sip_udp_receive_drops_total, the datagrams the
+// kernel dropped on the SIP UDP listeners because their receive buffer was
+// full (Linux: the drops column of /proc/net/udp and udp6; elsewhere 0).
+// Listen adds each UDP listener; the count of a closed socket is kept.
+type udpDrops struct {
+	mu     sync.Mutex
+	socks  []uint64 // inodes of the open listeners
+	closed float64  // drops of listeners closed since
+	last   map[uint64]float64
+}
+
+func (d *udpDrops) add(c net.PacketConn) {
+	ino := socketInode(c)
+	if ino == 0 {
+		return
+	}
+	d.mu.Lock()
+	d.socks = append(d.socks, ino)
+	d.mu.Unlock()
+}
+
+// total reads the current counts; sockets no longer listed in /proc keep
+// the count last read.
+func (d *udpDrops) total() float64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.socks) == 0 {
+		return d.closed
+	}
+	now := readUDPDrops(d.socks)
+	if d.last == nil {
+		d.last = map[uint64]float64{}
+	}
+	sum := d.closed
+	kept := d.socks[:0]
+	for _, ino := range d.socks {
+		if n, ok := now[ino]; ok {
+			d.last[ino] = n
+			sum += n
+			kept = append(kept, ino)
+			continue
+		}
+		d.closed += d.last[ino] // closed: keep its last count
+		sum += d.last[ino]
+		delete(d.last, ino)
+	}
+	d.socks = kept
+	return sum
 }

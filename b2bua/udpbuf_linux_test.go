@@ -84,3 +84,58 @@ func TestUDPReadBuffer(t *testing.T) {
 		})
 	}
 }
+
+// TestUDPReceiveDrops fills the receive buffer of a listener nobody reads
+// (Listen without Run) and expects the kernel's drops in
+// cusax_sip_udp_receive_drops_total, also after the listener closed.
+func TestUDPReceiveDrops(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	b, err := New(Config{Listen: []Listener{{"udp", "127.0.0.1:0"}}, UDPReadBuffer: 4096},
+		slog.New(slog.DiscardHandler), NewMetrics(reg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	defer b.ua.Close()
+	drops := func() float64 {
+		t.Helper()
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() == "cusax_sip_udp_receive_drops_total" {
+				return mf.GetMetric()[0].GetCounter().GetValue()
+			}
+		}
+		t.Fatal("cusax_sip_udp_receive_drops_total not gathered")
+		return 0
+	}
+	if n := drops(); n != 0 {
+		t.Fatalf("drops before any datagram = %v, want 0", n)
+	}
+	c, err := net.Dial("udp", strings.TrimPrefix(b.Addrs()[0], "udp://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	msg := make([]byte, 1000)
+	const sent = 200 // 200 KB into a buffer of a few KB
+	for range sent {
+		if _, err := c.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n := drops()
+	if n < sent/2 || n > sent {
+		t.Fatalf("drops after %d datagrams into a 4 KiB buffer nobody reads = %v, want %d..%d", sent, n, sent/2, sent)
+	}
+	b.mu.Lock()
+	b.closeLocked()
+	b.mu.Unlock()
+	if after := drops(); after != n {
+		t.Errorf("drops after the listener closed = %v, want %v (kept)", after, n)
+	}
+}
