@@ -295,52 +295,66 @@ func (s *BoltStore) write(ctx context.Context, id Identity, create bool) (Identi
 	}
 	var ev Event
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		if err := checkClaims(id, create, owner(tx)); err != nil {
+		var err error
+		if ev, err = applyPut(boltTx{s, tx}, id, create); err != nil {
 			return err
 		}
-		ids, idx, meta := tx.Bucket(bktIdentities), tx.Bucket(bktIndex), tx.Bucket(bktMeta)
-		old, existed, err := readIdentity(tx, id.JID)
-		if err != nil {
-			return err
-		}
-		if existed {
-			keep := map[Key]bool{}
-			for _, k := range id.Keys()[1:] {
-				keep[k] = true
-			}
-			for _, k := range old.Keys()[1:] {
-				if !keep[k] {
-					if err := idx.Delete(indexKey(k)); err != nil {
-						return err
-					}
-				}
-			}
-			creds := tx.Bucket(bktCreds)
-			for _, a := range staleAORs(&old, &id) {
-				if err := creds.Delete([]byte(a)); err != nil {
-					return err
-				}
-			}
-		} else if err := putUint(meta, metaCount, getUint(meta, metaCount)+1); err != nil {
-			return err
-		}
-		if err := dropTombstone(tx, id.JID); err != nil {
-			return err
-		}
-		rev := getUint(meta, metaRev) + 1
-		id.Version = rev
-		if err := putIdentity(ids, idx, id); err != nil {
-			return err
-		}
-		ev = Event{Op: OpPut, Rev: rev, JID: id.JID, Identity: id}
-		return s.commitRev(tx, rev, []Event{ev})
+		return s.commitRev(tx, ev.Rev, []Event{ev})
 	})
 	if err != nil {
 		return Identity{}, s.wrap(err)
 	}
 	s.feed.publish([]Event{ev})
-	return id.Clone(), nil
+	return ev.Identity.Clone(), nil
 }
+
+// boltTx is a write transaction of s as applyPut and applyDelete drive it.
+type boltTx struct {
+	s  *BoltStore
+	tx *bolt.Tx
+}
+
+func (b boltTx) owner(k Key) (string, error) { return owner(b.tx)(k) }
+
+func (b boltTx) get(jid string) (Identity, bool, error) { return readIdentity(b.tx, jid) }
+
+func (b boltTx) rev() uint64 { return getUint(b.tx.Bucket(bktMeta), metaRev) }
+
+func (b boltTx) unindex(_ string, keys []Key, aors []string) error {
+	idx, creds := b.tx.Bucket(bktIndex), b.tx.Bucket(bktCreds)
+	for _, k := range keys {
+		if err := idx.Delete(indexKey(k)); err != nil {
+			return err
+		}
+	}
+	for _, a := range aors {
+		if err := creds.Delete([]byte(a)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (b boltTx) put(id Identity, added bool) error {
+	if meta := b.tx.Bucket(bktMeta); added {
+		if err := putUint(meta, metaCount, getUint(meta, metaCount)+1); err != nil {
+			return err
+		}
+	}
+	return putIdentity(b.tx.Bucket(bktIdentities), b.tx.Bucket(bktIndex), id)
+}
+
+func (b boltTx) remove(jid string) error {
+	if err := b.tx.Bucket(bktIdentities).Delete([]byte(jid)); err != nil {
+		return err
+	}
+	meta := b.tx.Bucket(bktMeta)
+	return putUint(meta, metaCount, getUint(meta, metaCount)-1)
+}
+
+func (b boltTx) dropTombstone(jid string) error { return dropTombstone(b.tx, jid) }
+
+func (b boltTx) putTombstone(t Tombstone) error { return b.s.putTombstone(b.tx, t) }
 
 func putIdentity(ids, idx *bolt.Bucket, id Identity) error {
 	v, err := json.Marshal(id)
@@ -400,36 +414,11 @@ func (s *BoltStore) Delete(ctx context.Context, jid string) error {
 	}
 	var ev Event
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		old, ok, err := readIdentity(tx, jid)
-		if err != nil {
+		var err error
+		if ev, err = applyDelete(boltTx{s, tx}, jid, s.now()); err != nil {
 			return err
 		}
-		if !ok {
-			return fmt.Errorf("%w: jid %s", ErrNotFound, jid)
-		}
-		idx, meta := tx.Bucket(bktIndex), tx.Bucket(bktMeta)
-		for _, k := range old.Keys()[1:] {
-			if err := idx.Delete(indexKey(k)); err != nil {
-				return err
-			}
-		}
-		if err := tx.Bucket(bktIdentities).Delete([]byte(jid)); err != nil {
-			return err
-		}
-		for _, a := range old.SIP {
-			if err := tx.Bucket(bktCreds).Delete([]byte(a)); err != nil {
-				return err
-			}
-		}
-		if err := putUint(meta, metaCount, getUint(meta, metaCount)-1); err != nil {
-			return err
-		}
-		rev := getUint(meta, metaRev) + 1
-		if err := s.putTombstone(tx, Tombstone{JID: jid, Rev: rev, Time: s.now()}); err != nil {
-			return err
-		}
-		ev = Event{Op: OpDelete, Rev: rev, JID: jid, Identity: old}
-		return s.commitRev(tx, rev, []Event{ev})
+		return s.commitRev(tx, ev.Rev, []Event{ev})
 	})
 	if err != nil {
 		return s.wrap(err)

@@ -155,23 +155,13 @@ func (s *MemoryStore) write(ctx context.Context, id Identity, create bool) (Iden
 	if err := s.check(ctx); err != nil {
 		return Identity{}, err
 	}
-	if err := checkClaims(id, create, s.ownerOf); err != nil {
+	ev, err := applyPut(memoryTx{s}, id, create)
+	if err != nil {
 		return Identity{}, err
 	}
-	if old, ok := s.byJID[id.JID]; ok {
-		s.unindex(old)
-		for _, a := range staleAORs(old, &id) {
-			delete(s.creds, a)
-		}
-	} else {
-		s.insertJID(id.JID)
-	}
-	delete(s.tombs, id.JID) // a live identity has none
-	s.rev++
-	id.Version = s.rev
-	s.index(&id)
-	s.emit([]Event{{Op: OpPut, Rev: s.rev, JID: id.JID, Identity: id.Clone()}})
-	return id.Clone(), nil
+	s.rev = ev.Rev
+	s.emit([]Event{ev})
+	return ev.Identity.Clone(), nil
 }
 
 // Delete implements Store.
@@ -181,23 +171,70 @@ func (s *MemoryStore) Delete(ctx context.Context, jid string) error {
 	if err := s.check(ctx); err != nil {
 		return err
 	}
-	old, ok := s.byJID[jid]
+	ev, err := applyDelete(memoryTx{s}, jid, s.now())
+	if err != nil {
+		return err
+	}
+	s.rev = ev.Rev
+	s.emit([]Event{ev})
+	return nil
+}
+
+// memoryTx is s, under its write lock, as applyPut and applyDelete drive
+// it. Its steps cannot fail.
+type memoryTx struct{ s *MemoryStore }
+
+func (m memoryTx) owner(k Key) (string, error) { return m.s.owner[k], nil }
+
+func (m memoryTx) get(jid string) (Identity, bool, error) {
+	p, ok := m.s.byJID[jid]
 	if !ok {
-		return fmt.Errorf("%w: jid %s", ErrNotFound, jid)
+		return Identity{}, false, nil
 	}
-	s.unindex(old)
-	for _, a := range old.SIP {
-		delete(s.creds, a)
+	return p.Clone(), true, nil
+}
+
+func (m memoryTx) rev() uint64 { return m.s.rev }
+
+func (m memoryTx) unindex(jid string, keys []Key, aors []string) error {
+	for _, k := range keys {
+		if m.s.owner[k] == jid {
+			delete(m.s.owner, k)
+		}
 	}
-	delete(s.byJID, jid)
-	if i, found := slices.BinarySearch(s.jids, jid); found {
-		s.jids = slices.Delete(s.jids, i, i+1)
+	for _, a := range aors {
+		delete(m.s.creds, a)
 	}
-	s.rev++
-	now := s.now()
-	s.purgeTombstones(now)
-	s.tombs[jid] = Tombstone{JID: jid, Rev: s.rev, Time: now}
-	s.emit([]Event{{Op: OpDelete, Rev: s.rev, JID: jid, Identity: old.Clone()}})
+	return nil
+}
+
+// put stores a copy of id: the event holds id itself.
+func (m memoryTx) put(id Identity, added bool) error {
+	if added {
+		m.s.insertJID(id.JID)
+	}
+	c := id.Clone()
+	m.s.index(&c)
+	return nil
+}
+
+func (m memoryTx) remove(jid string) error {
+	delete(m.s.owner, Key{KindJID, jid})
+	delete(m.s.byJID, jid)
+	if i, found := slices.BinarySearch(m.s.jids, jid); found {
+		m.s.jids = slices.Delete(m.s.jids, i, i+1)
+	}
+	return nil
+}
+
+func (m memoryTx) dropTombstone(jid string) error {
+	delete(m.s.tombs, jid) // a live identity has none
+	return nil
+}
+
+func (m memoryTx) putTombstone(t Tombstone) error {
+	m.s.purgeTombstones(t.Time)
+	m.s.tombs[t.JID] = t
 	return nil
 }
 
@@ -424,14 +461,6 @@ func (s *MemoryStore) index(p *Identity) {
 	s.byJID[p.JID] = p
 	for _, k := range p.Keys() {
 		s.owner[k] = p.JID
-	}
-}
-
-func (s *MemoryStore) unindex(p *Identity) {
-	for _, k := range p.Keys() {
-		if s.owner[k] == p.JID {
-			delete(s.owner, k)
-		}
 	}
 }
 

@@ -541,7 +541,7 @@ func (s *RedisStore) listPage(ctx context.Context, after string, limit int) ([]I
 	}
 	ctx, cancel := s.opctx(ctx)
 	defer cancel()
-	v, err := redisList.Run(ctx, s.client, []string{s.jidKey}, s.p, lo, limit+1).StringSlice()
+	v, err := redisPage.Run(ctx, s.client, []string{s.jidKey}, s.p, lo, limit+1, "jids", "id:").StringSlice()
 	if err != nil {
 		return nil, false, s.fail(fmt.Sprintf("list after %q", after), err)
 	}
@@ -691,7 +691,7 @@ func (s *RedisStore) Tombstones(ctx context.Context, after string, limit int) ([
 			lo = "(" + after
 		}
 		octx, cancel := s.opctx(ctx)
-		v, err := redisTombstones.Run(octx, s.client, []string{s.revKey}, s.p, lo, want).StringSlice()
+		v, err := redisPage.Run(octx, s.client, []string{s.revKey}, s.p, lo, want, "tombs", "tomb:").StringSlice()
 		cancel()
 		if err != nil {
 			return nil, "", s.fail(what(), err)

@@ -52,6 +52,16 @@ local function withVersion(rev, js)
   return '{"version":' .. string.format('%d', rev) .. ',' .. string.sub(js, 2)
 end
 
+-- unindex deletes the index keys of jid among keys, and their credentials.
+local function unindex(p, jid, keys)
+  for _, k in ipairs(keys) do
+    if redis.call('GET', p .. 'key:' .. k) == jid then
+      redis.call('DEL', p .. 'key:' .. k)
+      dropCred(p, k)
+    end
+  end
+end
+
 -- logGuard drops a log that is ahead of the counter (someone reset the
 -- counter): XADD with an explicit ID would fail after the first write.
 local function logGuard(p, rev)
@@ -74,37 +84,44 @@ local function emit(p, rev, op, jid, body, max)
   redis.call('PUBLISH', p .. 'events',
     '{"rev":' .. string.format('%d', rev) .. ',"op":"' .. op .. '","identity":' .. body .. '}')
 end
+
+-- storeIdentity is the write of Create and Put once every check passed:
+-- jid's identity js (without version) under a new revision, indexed under
+-- ARGV[5] onwards, no longer under stale, without a tombstone; the put
+-- logged and published.
+local function storeIdentity(p, jid, js, max, stale)
+  local rev = redis.call('INCR', KEYS[1])
+  local body = withVersion(rev, js)
+  redis.call('SET', p .. 'id:' .. jid, body)
+  unindex(p, jid, stale)
+  for i = 5, #ARGV do redis.call('SET', p .. 'key:' .. ARGV[i], jid) end
+  redis.call('ZADD', p .. 'jids', 0, jid)
+  dropTomb(p, jid)
+  emit(p, rev, 'put', jid, body, max)
+  return {1, rev}
+end
 `
 
 // redisCreate: ARGV prefix, jid, json (without version), logmax, keys...
 var redisCreate = redis.NewScript(luaCommon + `
 local p, jid, js, max = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local idk = p .. 'id:' .. jid
-if redis.call('EXISTS', idk) == 1 then return {0, 'jid:' .. jid, jid} end
+if redis.call('EXISTS', p .. 'id:' .. jid) == 1 then return {0, 'jid:' .. jid, jid} end
 for i = 5, #ARGV do
   local owner = redis.call('GET', p .. 'key:' .. ARGV[i])
   if owner then return {0, ARGV[i], owner} end
 end
-local rev = redis.call('INCR', KEYS[1])
-local body = withVersion(rev, js)
-redis.call('SET', idk, body)
-for i = 5, #ARGV do redis.call('SET', p .. 'key:' .. ARGV[i], jid) end
-redis.call('ZADD', p .. 'jids', 0, jid)
-dropTomb(p, jid)
-emit(p, rev, 'put', jid, body, max)
-return {1, rev}
+return storeIdentity(p, jid, js, max, {})
 `)
 
 // redisPut: ARGV prefix, jid, json (without version), logmax, keys...
 var redisPut = redis.NewScript(luaCommon + `
 local p, jid, js, max = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local idk = p .. 'id:' .. jid
 for i = 5, #ARGV do
   local owner = redis.call('GET', p .. 'key:' .. ARGV[i])
   if owner and owner ~= jid then return {0, ARGV[i], owner} end
 end
 local stale = {}
-local old = redis.call('GET', idk)
+local old = redis.call('GET', p .. 'id:' .. jid)
 if old then
   local keep = {}
   for i = 5, #ARGV do keep[ARGV[i]] = true end
@@ -112,20 +129,7 @@ if old then
     if not keep[k] then stale[#stale + 1] = k end
   end
 end
-local rev = redis.call('INCR', KEYS[1])
-local body = withVersion(rev, js)
-redis.call('SET', idk, body)
-for _, k in ipairs(stale) do
-  if redis.call('GET', p .. 'key:' .. k) == jid then
-    redis.call('DEL', p .. 'key:' .. k)
-    dropCred(p, k)
-  end
-end
-for i = 5, #ARGV do redis.call('SET', p .. 'key:' .. ARGV[i], jid) end
-redis.call('ZADD', p .. 'jids', 0, jid)
-dropTomb(p, jid)
-emit(p, rev, 'put', jid, body, max)
-return {1, rev}
+return storeIdentity(p, jid, js, max, stale)
 `)
 
 // redisDelete: ARGV prefix, jid, logmax, now and expiry cutoff (Unix
@@ -139,12 +143,7 @@ if not old then return {0} end
 local keys = storedKeys(old)
 local rev = redis.call('INCR', KEYS[1])
 redis.call('DEL', idk)
-for _, k in ipairs(keys) do
-  if redis.call('GET', p .. 'key:' .. k) == jid then
-    redis.call('DEL', p .. 'key:' .. k)
-    dropCred(p, k)
-  end
-end
+unindex(p, jid, keys)
 redis.call('ZREM', p .. 'jids', jid)
 local expired = redis.call('ZRANGEBYSCORE', p .. 'tombtimes', '-inf', '(' .. cutoff, 'LIMIT', 0, 64)
 for _, j in ipairs(expired) do dropTomb(p, j) end
@@ -163,14 +162,16 @@ if not j then return false end
 return redis.call('GET', ARGV[1] .. 'id:' .. j)
 `)
 
-// redisList: ARGV prefix, ZRANGEBYLEX min ("-" or "(after"), count.
-// Returns {jid, json, jid, json, ...} in JID order.
-var redisList = redis.NewScript(`
+// redisPage: ARGV prefix, ZRANGEBYLEX min ("-" or "(after"), count, set,
+// value kind. Returns {jid, json, jid, json, ...} in JID order from the
+// sorted set {prefix}{set}, each value read from {prefix}{kind}{jid}:
+// "jids", "id:" pages identities; "tombs", "tomb:" pages tombstones.
+var redisPage = redis.NewScript(`
 local p = ARGV[1]
-local jids = redis.call('ZRANGEBYLEX', p .. 'jids', ARGV[2], '+', 'LIMIT', 0, tonumber(ARGV[3]))
+local jids = redis.call('ZRANGEBYLEX', p .. ARGV[4], ARGV[2], '+', 'LIMIT', 0, tonumber(ARGV[3]))
 local out = {}
 for _, j in ipairs(jids) do
-  local v = redis.call('GET', p .. 'id:' .. j)
+  local v = redis.call('GET', p .. ARGV[5] .. j)
   if v then
     out[#out + 1] = j
     out[#out + 1] = v
@@ -230,22 +231,6 @@ redis.call('XTRIM', p .. 'log', 'MAXLEN', '~', max)
 redis.call('PUBLISH', p .. 'events',
   '{"rev":' .. string.format('%d', last) .. ',"op":"import","first":' .. string.format('%d', first) .. '}')
 return {1, last}
-`)
-
-// redisTombstones: ARGV prefix, ZRANGEBYLEX min ("-" or "(after"), count.
-// Returns {jid, json, jid, json, ...} in JID order.
-var redisTombstones = redis.NewScript(`
-local p = ARGV[1]
-local jids = redis.call('ZRANGEBYLEX', p .. 'tombs', ARGV[2], '+', 'LIMIT', 0, tonumber(ARGV[3]))
-local out = {}
-for _, j in ipairs(jids) do
-  local v = redis.call('GET', p .. 'tomb:' .. j)
-  if v then
-    out[#out + 1] = j
-    out[#out + 1] = v
-  end
-end
-return out
 `)
 
 // redisAckTombstone: ARGV prefix, jid, rev. Removes jid's tombstone unless

@@ -667,19 +667,7 @@ func TestRedisClosed(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Errorf("second Close = %v", err)
 	}
-	checks := map[string]error{}
-	_, checks["Get"] = s.Get(ctx, "a@b")
-	_, checks["Lookup"] = s.Lookup(ctx, identity.Key{Kind: identity.KindTel, Value: "+1"})
-	_, checks["Create"] = s.Create(ctx, alice())
-	_, checks["Put"] = s.Put(ctx, alice())
-	checks["Delete"] = s.Delete(ctx, "a@b")
-	_, _, checks["List"] = s.List(ctx, "", 1)
-	checks["Import"] = s.Import(ctx, []identity.Identity{alice()})
-	_, checks["Count"] = s.Count(ctx)
-	_, checks["Rev"] = s.Rev(ctx)
-	_, checks["Watch"] = s.Watch(ctx, 0)
-	checks["Ping"] = s.Ping(ctx)
-	for name, err := range checks {
+	for name, err := range callEach(ctx, s, alice()) {
 		if !errors.Is(err, identity.ErrClosed) {
 			t.Errorf("%s after Close = %v, want ErrClosed", name, err)
 		}
@@ -688,6 +676,24 @@ func TestRedisClosed(t *testing.T) {
 	if err := c.Ping(ctx).Err(); err != nil {
 		t.Errorf("client after store Close: %v", err)
 	}
+}
+
+// callEach calls every Store method of s once (writes with id) and
+// returns their errors by method name.
+func callEach(ctx context.Context, s identity.Store, id identity.Identity) map[string]error {
+	errs := map[string]error{}
+	_, errs["Get"] = s.Get(ctx, id.JID)
+	_, errs["Lookup"] = s.Lookup(ctx, identity.Key{Kind: identity.KindTel, Value: id.Tel[0]})
+	_, errs["Create"] = s.Create(ctx, id)
+	_, errs["Put"] = s.Put(ctx, id)
+	errs["Delete"] = s.Delete(ctx, id.JID)
+	_, _, errs["List"] = s.List(ctx, "", 10)
+	errs["Import"] = s.Import(ctx, []identity.Identity{id})
+	_, errs["Count"] = s.Count(ctx)
+	_, errs["Rev"] = s.Rev(ctx)
+	_, errs["Watch"] = s.Watch(ctx, 0)
+	errs["Ping"] = s.Ping(ctx)
+	return errs
 }
 
 func TestRedisUnavailable(t *testing.T) {
@@ -711,18 +717,7 @@ func TestRedisUnavailable(t *testing.T) {
 	if msg := err.Error(); !strings.HasPrefix(msg, `identity: redis get "alice@example.com": `) || !strings.HasSuffix(msg, ": identity: store unavailable") {
 		t.Errorf("error text %q", msg)
 	}
-	checks := map[string]error{}
-	_, checks["Lookup"] = s.Lookup(ctx, identity.Key{Kind: identity.KindTel, Value: "+15551230001"})
-	_, checks["Create"] = s.Create(ctx, bob())
-	_, checks["Put"] = s.Put(ctx, bob())
-	checks["Delete"] = s.Delete(ctx, "alice@example.com")
-	_, _, checks["List"] = s.List(ctx, "", 10)
-	checks["Import"] = s.Import(ctx, []identity.Identity{bob()})
-	_, checks["Count"] = s.Count(ctx)
-	_, checks["Rev"] = s.Rev(ctx)
-	_, checks["Watch"] = s.Watch(ctx, 0)
-	checks["Ping"] = s.Ping(ctx)
-	for name, err := range checks {
+	for name, err := range callEach(ctx, s, bob()) {
 		if !errors.Is(err, identity.ErrUnavailable) {
 			t.Errorf("%s with Redis down = %v, want ErrUnavailable", name, err)
 		}

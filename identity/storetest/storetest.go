@@ -587,45 +587,41 @@ func testImportSuccess(t *testing.T, open func(*testing.T) identity.Store) {
 }
 
 func testImportConflictBatch(t *testing.T, open func(*testing.T) identity.Store) {
-	ctx := ctxFor(t)
-	s := open(t)
-	pre := mustCreate(t, ctx, s, alice)
-	rev := mustRev(t, ctx, s)
-	mk := func() []identity.Identity {
-		b := make([]identity.Identity, 50)
-		for i := range b {
-			b[i] = person(i)
-		}
-		return b
-	}
-	// The same number in rows 10 and 40.
-	b := mk()
-	b[40].Tel = append(b[40].Tel, tel(10))
-	err := s.Import(ctx, b)
-	wantConflict(t, "Import(same number twice)", err, identity.Key{Kind: identity.KindTel, Value: tel(10)}, jid(10))
-	// The same AOR.
-	b = mk()
-	b[41].SIP = []string{aor(3)}
-	err = s.Import(ctx, b)
-	wantConflict(t, "Import(same AOR twice)", err, identity.Key{Kind: identity.KindAOR, Value: aor(3)}, jid(3))
-	// The same JID.
-	b = mk()
-	b[42] = identity.Identity{JID: jid(5), SIP: []string{"sip:x@example.com"}}
-	err = s.Import(ctx, b)
-	wantConflict(t, "Import(same JID twice)", err, identity.Key{Kind: identity.KindJID, Value: jid(5)}, jid(5))
-
-	wantCount(t, ctx, s, 1)
-	wantStored(t, ctx, s, alice, pre.Version)
-	for _, id := range mk() {
-		wantAbsent(t, ctx, s, id.Keys()...)
-	}
-	wantAbsent(t, ctx, s, identity.Key{Kind: identity.KindAOR, Value: "sip:x@example.com"})
-	if r := mustRev(t, ctx, s); r != rev {
-		t.Errorf("Rev after failed Imports = %d, want %d", r, rev)
-	}
+	testImportConflicts(t, open, []importConflict{
+		{"Import(same number twice)", func(b []identity.Identity) { b[40].Tel = append(b[40].Tel, tel(10)) },
+			identity.Key{Kind: identity.KindTel, Value: tel(10)}, jid(10)},
+		{"Import(same AOR twice)", func(b []identity.Identity) { b[41].SIP = []string{aor(3)} },
+			identity.Key{Kind: identity.KindAOR, Value: aor(3)}, jid(3)},
+		{"Import(same JID twice)", func(b []identity.Identity) {
+			b[42] = identity.Identity{JID: jid(5), SIP: []string{"sip:x@example.com"}}
+		}, identity.Key{Kind: identity.KindJID, Value: jid(5)}, jid(5)},
+	}, identity.Key{Kind: identity.KindAOR, Value: "sip:x@example.com"})
 }
 
 func testImportConflictStored(t *testing.T, open func(*testing.T) identity.Store) {
+	testImportConflicts(t, open, []importConflict{
+		{"Import(alice's number)", func(b []identity.Identity) { b[45].Tel = append(b[45].Tel, alice.Tel[1]) },
+			identity.Key{Kind: identity.KindTel, Value: alice.Tel[1]}, alice.JID},
+		{"Import(alice's AOR)", func(b []identity.Identity) { b[46].SIP = append(b[46].SIP, alice.SIP[0]) },
+			identity.Key{Kind: identity.KindAOR, Value: alice.SIP[0]}, alice.JID},
+		{"Import(alice again)", func(b []identity.Identity) { b[47] = identity.Identity{JID: alice.JID} },
+			identity.Key{Kind: identity.KindJID, Value: alice.JID}, alice.JID},
+	})
+}
+
+// importConflict is an Import that must fail: the 50 people of person
+// after change, and the conflict it must report.
+type importConflict struct {
+	what   string
+	change func([]identity.Identity)
+	key    identity.Key
+	owner  string
+}
+
+// testImportConflicts imports each conflicting batch into a store holding
+// alice, then checks that none left a trace: alice as she was, none of the
+// batch's keys nor absent, the revision unchanged.
+func testImportConflicts(t *testing.T, open func(*testing.T) identity.Store, cases []importConflict, absent ...identity.Key) {
 	ctx := ctxFor(t)
 	s := open(t)
 	pre := mustCreate(t, ctx, s, alice)
@@ -637,24 +633,18 @@ func testImportConflictStored(t *testing.T, open func(*testing.T) identity.Store
 		}
 		return b
 	}
-	b := mk()
-	b[45].Tel = append(b[45].Tel, alice.Tel[1])
-	err := s.Import(ctx, b)
-	wantConflict(t, "Import(alice's number)", err, identity.Key{Kind: identity.KindTel, Value: alice.Tel[1]}, alice.JID)
-	b = mk()
-	b[46].SIP = append(b[46].SIP, alice.SIP[0])
-	err = s.Import(ctx, b)
-	wantConflict(t, "Import(alice's AOR)", err, identity.Key{Kind: identity.KindAOR, Value: alice.SIP[0]}, alice.JID)
-	b = mk()
-	b[47] = identity.Identity{JID: alice.JID}
-	err = s.Import(ctx, b)
-	wantConflict(t, "Import(alice again)", err, identity.Key{Kind: identity.KindJID, Value: alice.JID}, alice.JID)
+	for _, c := range cases {
+		b := mk()
+		c.change(b)
+		wantConflict(t, c.what, s.Import(ctx, b), c.key, c.owner)
+	}
 
 	wantCount(t, ctx, s, 1)
 	wantStored(t, ctx, s, alice, pre.Version)
 	for _, id := range mk() {
 		wantAbsent(t, ctx, s, id.Keys()...)
 	}
+	wantAbsent(t, ctx, s, absent...)
 	if r := mustRev(t, ctx, s); r != rev {
 		t.Errorf("Rev after failed Imports = %d, want %d", r, rev)
 	}
