@@ -344,7 +344,7 @@ func (b *B2BUA) respond(tx sip.ServerTransaction, req *sip.Request, code int, re
 	for _, h := range hdrs {
 		res.AppendHeader(h)
 	}
-	b.m.Responses.WithLabelValues(strconv.Itoa(code/100)+"xx", "out").Inc()
+	b.m.Responses.WithLabelValues(classOf(code), "out").Inc()
 	if err := tx.Respond(res); err != nil {
 		b.log.Debug("respond failed", "call_id", callID(req), "status", code, "err", err)
 	}

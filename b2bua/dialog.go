@@ -269,7 +269,25 @@ func splitList(s string) []string {
 	return append(out, s[start:])
 }
 
-func classOf(code int) string { return strconv.Itoa(code/100) + "xx" }
+// classOf returns the code_class label of a status code, without
+// allocating (it runs for every response).
+func classOf(code int) string {
+	switch code / 100 {
+	case 1:
+		return "1xx"
+	case 2:
+		return "2xx"
+	case 3:
+		return "3xx"
+	case 4:
+		return "4xx"
+	case 5:
+		return "5xx"
+	case 6:
+		return "6xx"
+	}
+	return strconv.Itoa(code/100) + "xx"
+}
 
 // setupClientsLocked prepares one SIP client per listening network, each
 // sending from its listener (UDP from the listening socket) with the
