@@ -48,7 +48,18 @@ func (tx *recordTx) only(t *testing.T) *sip.Response {
 // the first) and bob (a password), realm example.com.
 func testDirectory(t *testing.T) *identity.Directory {
 	t.Helper()
-	norm, err := identity.NewNormalizer("US")
+	return memoryDirectory(t, "US", []identity.Identity{
+		{JID: "alice@example.com", SIP: []string{"sip:alice@example.com", "sip:alice@pbx.example.com"}},
+		{JID: "bob@example.com", SIP: []string{"sip:bob@example.com"}},
+	}, map[string]string{"sip:alice@example.com": "alice-pw", "sip:bob@example.com": "bob-pw"})
+}
+
+// memoryDirectory returns a directory on a memory store, normalising
+// numbers for region, holding ids, with passwords (AOR sip:JID ->
+// password) in realm example.com.
+func memoryDirectory(t *testing.T, region string, ids []identity.Identity, passwords map[string]string) *identity.Directory {
+	t.Helper()
+	norm, err := identity.NewNormalizer(region)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,16 +68,13 @@ func testDirectory(t *testing.T) *identity.Directory {
 	d := identity.NewDirectory(store, norm, "memory", slog.New(slog.DiscardHandler),
 		identity.NewMetrics(prometheus.NewRegistry()), identity.DirectoryOptions{})
 	ctx := context.Background()
-	for _, id := range []identity.Identity{
-		{JID: "alice@example.com", SIP: []string{"sip:alice@example.com", "sip:alice@pbx.example.com"}},
-		{JID: "bob@example.com", SIP: []string{"sip:bob@example.com"}},
-	} {
+	for _, id := range ids {
 		if _, err := d.Create(ctx, id); err != nil {
 			t.Fatal(err)
 		}
 	}
-	for aor, pw := range map[string]string{"sip:alice@example.com": "alice-pw", "sip:bob@example.com": "bob-pw"} {
-		if err := d.SetPassword(ctx, aor[4:], aor, "example.com", pw); err != nil {
+	for aor, pw := range passwords {
+		if err := d.SetPassword(ctx, strings.TrimPrefix(aor, "sip:"), aor, "example.com", pw); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -586,7 +594,7 @@ func (staticCreds) Credential(_ context.Context, aor string) (identity.Credentia
 // algs are Config.DigestAlgorithms (default when none).
 func startLocalGateway(t *testing.T, pbx string, creds Credentials, algs ...string) (*B2BUA, string) {
 	t.Helper()
-	b, err := New(Config{
+	b := runGateway(t, Config{
 		Listen:           []Listener{{"udp", "127.0.0.1:0"}},
 		Domain:           "example.com",
 		PBX:              "sip:" + pbx,
@@ -594,23 +602,8 @@ func startLocalGateway(t *testing.T, pbx string, creds Credentials, algs ...stri
 		Auth:             AuthLocal,
 		Credentials:      creds,
 		DigestAlgorithms: algs,
-	}, slog.New(slog.DiscardHandler), NewMetrics(prometheus.NewRegistry()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- b.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run after cancel = %v, want nil", err)
-		}
-	})
-	return b, strings.TrimPrefix(b.Addrs()[0], "udp://")
+	}, nil, nil)
+	return b, listenerAddr(t, b, "udp")
 }
 
 // TestRegisterLocalAuth: over the network, the gateway challenges, the
@@ -657,21 +650,8 @@ func TestRegisterLocalAuth(t *testing.T) {
 func TestIntegrationSIPpRegistersWithLocalAuth(t *testing.T) {
 	testenv.Require(t)
 	k := testenv.StartKamailioOptions(t, testenv.KamailioOptions{Domains: []string{"example.com"}})
-	norm, err := identity.NewNormalizer("")
-	if err != nil {
-		t.Fatal(err)
-	}
-	store := identity.NewMemoryStore()
-	t.Cleanup(func() { store.Close() })
-	dir := identity.NewDirectory(store, norm, "memory", slog.New(slog.DiscardHandler),
-		identity.NewMetrics(prometheus.NewRegistry()), identity.DirectoryOptions{})
-	ctx := context.Background()
-	if _, err := dir.Create(ctx, identity.Identity{JID: "carol@example.com", SIP: []string{"sip:carol@example.com"}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := dir.SetPassword(ctx, "carol@example.com", "sip:carol@example.com", "example.com", "sipp-secret"); err != nil {
-		t.Fatal(err)
-	}
+	dir := memoryDirectory(t, "", []identity.Identity{{JID: "carol@example.com", SIP: []string{"sip:carol@example.com"}}},
+		map[string]string{"sip:carol@example.com": "sipp-secret"})
 	// SIPp 3.6 answers only the first challenge and knows only MD5.
 	b, gw := startLocalGateway(t, k.Addr, dir, "MD5", "SHA-256")
 	scenario, err := filepath.Abs("testdata/sipp/register_auth.xml")
@@ -688,7 +668,7 @@ func TestIntegrationSIPpRegistersWithLocalAuth(t *testing.T) {
 	if got := testutil.ToFloat64(b.m.Requests.WithLabelValues("REGISTER", "out")); got != 6 {
 		t.Errorf("REGISTERs forwarded to the PBX = %v, want 6 (only the authenticated ones)", got)
 	}
-	if n, _ := b.Bindings().Len(ctx); n != 0 {
+	if n, _ := b.Bindings().Len(context.Background()); n != 0 {
 		t.Errorf("bindings after the un-REGISTERs = %d, want 0", n)
 	}
 

@@ -6,7 +6,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -28,37 +27,13 @@ func TestMain(m *testing.M) {
 func startB2BUA(t *testing.T) (*B2BUA, *prometheus.Registry, string) {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	b, err := New(Config{Listen: []Listener{{"udp", "127.0.0.1:0"}, {"tcp", "127.0.0.1:0"}}}, slog.New(slog.DiscardHandler), NewMetrics(reg))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- b.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run after cancel = %v, want nil", err)
-		}
-	})
-	addrs := b.Addrs()
-	return b, reg, strings.TrimPrefix(addrs[0], "udp://")
+	b := runGateway(t, Config{Listen: []Listener{{"udp", "127.0.0.1:0"}, {"tcp", "127.0.0.1:0"}}}, reg, nil)
+	return b, reg, listenerAddr(t, b, "udp")
 }
 
 func send(t *testing.T, method sip.RequestMethod, addr string) *sip.Response {
 	t.Helper()
-	ua, err := sipgo.NewUA()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ua.Close()
-	c, err := sipgo.NewClient(ua, sipgo.WithClientHostname("127.0.0.1"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := newClient(t, nil)
 	var uri sip.Uri
 	if err := sip.ParseUri("sip:bob@"+addr, &uri); err != nil {
 		t.Fatal(err)

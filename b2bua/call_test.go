@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/netip"
 	"strconv"
@@ -106,14 +105,7 @@ func startPeer(t *testing.T, host string) *sipPeer {
 // requests leave on connections from ephemeral ports, as phones' do.
 func startPeerOn(t *testing.T, network, host string) *sipPeer {
 	t.Helper()
-	ua, err := sipgo.NewUA(sipgo.WithUserAgent("peer-" + host))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := sipgo.NewServer(ua, sipgo.WithServerLogger(slog.New(slog.DiscardHandler)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	ua, srv := newServer(t, sipgo.WithUserAgent("peer-"+host))
 	peer := &sipPeer{t: t, ua: ua, srv: srv, byes: make(chan *sip.Request, 8)}
 	var contact sip.ContactHeader
 	// Handlers first (sipgo's handler map is not synchronised), then
@@ -171,20 +163,9 @@ func startPeerOn(t *testing.T, network, host string) *sipPeer {
 	t.Cleanup(func() {
 		cancel()
 		<-done
-		ua.Close()
 	})
 	waitServing(t, network, addr)
-	_, port, _ := net.SplitHostPort(addr)
-	p, _ := strconv.Atoi(port)
-	copts := []sipgo.ClientOption{sipgo.WithClientHostname(host), sipgo.WithClientPort(p),
-		sipgo.WithClientLogger(slog.New(slog.DiscardHandler))}
-	if network == "udp" {
-		copts = append(copts, sipgo.WithClientConnectionAddr(addr))
-	}
-	client, err := sipgo.NewClient(ua, copts...)
-	if err != nil {
-		t.Fatal(err)
-	}
+	client, p := servingClient(t, ua, network, addr)
 	contact = sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "peer", Host: host, Port: p, UriParams: sip.NewParams()}}
 	if network != "udp" {
 		contact.Address.UriParams.Add("transport", network)
@@ -203,30 +184,6 @@ func (p *sipPeer) lastInvite() *sip.Request {
 		return nil
 	}
 	return p.invites[len(p.invites)-1]
-}
-
-// waitServing proves a sipgo server on addr serves (its listening socket
-// is registered, so clients can send from it): an OPTIONS gets an answer.
-// sipgo signals "listening" before it registers the socket.
-func waitServing(t *testing.T, network, addr string) {
-	t.Helper()
-	c, err := net.Dial(network, addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	local := c.LocalAddr().String()
-	msg := "OPTIONS sip:" + addr + " SIP/2.0\r\nVia: SIP/2.0/" + strings.ToUpper(network) + " " + local + ";branch=z9hG4bKready" + sip.GenerateTagN(8) +
-		"\r\nFrom: <sip:probe@127.0.0.1>;tag=1\r\nTo: <sip:" + addr + ">\r\nCall-ID: ready-" + sip.GenerateTagN(8) +
-		"\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
-	if _, err := c.Write([]byte(msg)); err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 4096)
-	if _, err := c.Read(buf); err != nil {
-		t.Fatalf("peer %s does not answer: %v", addr, err)
-	}
 }
 
 // dialogSession returns the peer's last answered dialog.
@@ -269,29 +226,14 @@ func startCallGatewayClock(t *testing.T, pbx string, opts CallOptions, now func(
 	if opts.Resolver == nil {
 		opts.Resolver = mapResolver{"sip:alice@example.com": {"alice@example.com", "Alice"}}
 	}
-	b, err := New(Config{
+	b := runGateway(t, Config{
 		Listen:      []Listener{{"udp", "127.0.0.1:0"}, {"tcp", "127.0.0.1:0"}},
 		PBX:         "sip:" + pbx,
 		PBXTimeout:  5 * time.Second,
 		Now:         now,
 		CallOptions: opts,
-	}, slog.New(slog.DiscardHandler), NewMetrics(reg))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- b.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run after cancel = %v, want nil", err)
-		}
-	})
-	return b, reg, strings.TrimPrefix(b.Addrs()[0], "udp://")
+	}, reg, nil)
+	return b, reg, listenerAddr(t, b, "udp")
 }
 
 // call sends an INVITE from the phone through the gateway.

@@ -39,10 +39,6 @@ import (
 // the gateway's trusted prefix covers the PBX and not the phones.
 const pbxIP = "127.0.0.2"
 
-// newMu serialises New across the parallel tests: it writes the sipgo
-// package variable sip.UDPMTUSize.
-var newMu sync.Mutex
-
 // callRig is a gateway with a media relay in front of a PBX address.
 type callRig struct {
 	b       *B2BUA
@@ -140,36 +136,19 @@ func startCallRig(t *testing.T, mod func(*Config)) *callRig {
 	if mod != nil {
 		mod(&cfg)
 	}
-	newMu.Lock() // New raises sip.UDPMTUSize, a sipgo global, unsynchronised
-	b, err = New(cfg, slog.New(slog.DiscardHandler), NewMetrics(reg))
-	newMu.Unlock()
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.b = b
-
-	ctx, cancel := context.WithCancel(context.Background())
-	relayDone := make(chan error, 1)
-	go func() { relayDone <- relay.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-relayDone; err != nil {
-			t.Errorf("relay Run after cancel = %v, want nil", err)
-		}
+	r.b = runGateway(t, cfg, reg, func(gw *B2BUA) {
+		b = gw
+		ctx, cancel := context.WithCancel(context.Background())
+		relayDone := make(chan error, 1)
+		go func() { relayDone <- relay.Run(ctx) }()
+		t.Cleanup(func() {
+			cancel()
+			if err := <-relayDone; err != nil {
+				t.Errorf("relay Run after cancel = %v, want nil", err)
+			}
+		})
 	})
-	if err := b.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	gctx, gcancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- b.Run(gctx) }()
-	t.Cleanup(func() {
-		gcancel()
-		if err := <-done; err != nil {
-			t.Errorf("gateway Run after cancel = %v, want nil", err)
-		}
-	})
-	r.gw = strings.TrimPrefix(b.Addrs()[0], "udp://")
+	r.gw = listenerAddr(t, r.b, "udp")
 	return r
 }
 
@@ -428,45 +407,48 @@ func TestIntegrationSIPpCalls(t *testing.T) {
 	testenv.Require(t)
 	one := []string{"-s", "bob", "-m", "1"}
 
-	t.Run("EarlyMedia", func(t *testing.T) {
-		t.Parallel()
-		r := startCallRig(t, nil)
-		r.call(t, "early.uac.xml", "early.uas.xml", one, []string{"-m", "1"})
-		r.waitIdle(t, 1)
-		if got := r.calls("phone", resultAnswered); got != 1 {
-			t.Errorf("cusax_calls_total{phone,answered} = %v, want 1", got)
-		}
-	})
-
-	t.Run("CancelWhileRinging", func(t *testing.T) {
-		t.Parallel()
-		r := startCallRig(t, nil)
-		r.call(t, "cancel.uac.xml", "cancel.uas.xml", one, []string{"-m", "1"})
-		r.waitIdle(t, 1)
-		if got := r.calls("phone", resultCancelled); got != 1 {
-			t.Errorf("cusax_calls_total{phone,cancelled} = %v, want 1", got)
-		}
-		if got := testutil.ToFloat64(r.b.m.Requests.WithLabelValues("CANCEL", "out")); got != 1 {
-			t.Errorf("cusax_sip_requests_total{CANCEL,out} = %v, want 1", got)
-		}
-	})
-
-	// The PBX answers 200 to the INVITE after the CANCEL: the gateway
-	// ACKs and BYEs that leg; the phone still gets 487.
-	t.Run("CancelAnswerRace", func(t *testing.T) {
-		t.Parallel()
-		r := startCallRig(t, nil)
-		r.call(t, "cancel.uac.xml", "cancel-race.uas.xml", one, []string{"-m", "1"})
-		r.waitIdle(t, 1)
-		if got := r.calls("phone", resultCancelled); got != 1 {
-			t.Errorf("cusax_calls_total{phone,cancelled} = %v, want 1", got)
-		}
-		for _, m := range []string{"CANCEL", "ACK", "BYE"} {
-			if got := testutil.ToFloat64(r.b.m.Requests.WithLabelValues(m, "out")); got != 1 {
-				t.Errorf("cusax_sip_requests_total{%s,out} = %v, want 1", m, got)
+	// Answered calls: early media, then a BYE from each side.
+	for _, tc := range []struct{ name, phone, pbx string }{
+		{"EarlyMedia", "early.uac.xml", "early.uas.xml"},
+		{"ByeFromPhone", "impp.uac.xml", "answer.uas.xml"},
+		{"ByeFromPBX", "pbxbye.uac.xml", "pbxbye.uas.xml"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			r := startCallRig(t, nil)
+			r.call(t, tc.phone, tc.pbx, one, []string{"-m", "1"})
+			r.waitIdle(t, 1)
+			if got := r.calls("phone", resultAnswered); got != 1 {
+				t.Errorf("cusax_calls_total{phone,answered} = %v, want 1", got)
 			}
-		}
-	})
+		})
+	}
+
+	// Cancelled calls, each sending one of every request in sent. In
+	// CancelAnswerRace the PBX answers 200 to the INVITE after the
+	// CANCEL: the gateway ACKs and BYEs that leg; the phone still gets 487.
+	for _, tc := range []struct {
+		name, pbx string
+		sent      []string
+	}{
+		{"CancelWhileRinging", "cancel.uas.xml", []string{"CANCEL"}},
+		{"CancelAnswerRace", "cancel-race.uas.xml", []string{"CANCEL", "ACK", "BYE"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			r := startCallRig(t, nil)
+			r.call(t, "cancel.uac.xml", tc.pbx, one, []string{"-m", "1"})
+			r.waitIdle(t, 1)
+			if got := r.calls("phone", resultCancelled); got != 1 {
+				t.Errorf("cusax_calls_total{phone,cancelled} = %v, want 1", got)
+			}
+			for _, m := range tc.sent {
+				if got := testutil.ToFloat64(r.b.m.Requests.WithLabelValues(m, "out")); got != 1 {
+					t.Errorf("cusax_sip_requests_total{%s,out} = %v, want 1", m, got)
+				}
+			}
+		})
+	}
 
 	t.Run("HoldResume", func(t *testing.T) {
 		t.Parallel()
@@ -475,26 +457,6 @@ func TestIntegrationSIPpCalls(t *testing.T) {
 		r.waitIdle(t, 1)
 		if got := testutil.ToFloat64(r.b.m.Requests.WithLabelValues("INVITE", "out")); got != 3 {
 			t.Errorf("cusax_sip_requests_total{INVITE,out} = %v, want 3 (the call, hold, resume)", got)
-		}
-	})
-
-	t.Run("ByeFromPhone", func(t *testing.T) {
-		t.Parallel()
-		r := startCallRig(t, nil)
-		r.call(t, "impp.uac.xml", "answer.uas.xml", one, []string{"-m", "1"})
-		r.waitIdle(t, 1)
-		if got := r.calls("phone", resultAnswered); got != 1 {
-			t.Errorf("cusax_calls_total{phone,answered} = %v, want 1", got)
-		}
-	})
-
-	t.Run("ByeFromPBX", func(t *testing.T) {
-		t.Parallel()
-		r := startCallRig(t, nil)
-		r.call(t, "pbxbye.uac.xml", "pbxbye.uas.xml", one, []string{"-m", "1"})
-		r.waitIdle(t, 1)
-		if got := r.calls("phone", resultAnswered); got != 1 {
-			t.Errorf("cusax_calls_total{phone,answered} = %v, want 1", got)
 		}
 	})
 

@@ -53,7 +53,7 @@ func TestIntegrationBaresipCallThroughKamailio(t *testing.T) {
 	k := testenv.StartKamailioOptions(t, testenv.KamailioOptions{Host: "127.0.0.2", Domains: []string{"example.com"}})
 	reg := prometheus.NewRegistry()
 	relay, rm := startRelay(t, reg)
-	b, err := New(Config{
+	b := runGateway(t, Config{
 		Listen: []Listener{{"udp", "127.0.0.1:0"}},
 		Domain: "example.com",
 		PBX:    "sip:" + k.Addr,
@@ -62,23 +62,8 @@ func TestIntegrationBaresipCallThroughKamailio(t *testing.T) {
 			Resolver: mapResolver{"sip:alice@example.com": {"alice@example.com", "Alice"}},
 			Trusted:  []netip.Prefix{netip.MustParsePrefix("127.0.0.2/32")},
 		},
-	}, slog.New(slog.DiscardHandler), NewMetrics(reg))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- b.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run after cancel = %v, want nil", err)
-		}
-	})
-	gw := strings.TrimPrefix(b.Addrs()[0], "udp://")
+	}, reg, nil)
+	gw := listenerAddr(t, b, "udp")
 
 	alice := testenv.StartBaresip(t, testenv.BaresipOptions{Registrar: gw, User: "alice", Domain: "example.com"})
 	bob := testenv.StartBaresip(t, testenv.BaresipOptions{Registrar: gw, User: "bob", Domain: "example.com"})
@@ -104,7 +89,7 @@ func TestIntegrationBaresipCallThroughKamailio(t *testing.T) {
 
 	// Audio both ways: each relayed stream has carried packets. baresip
 	// sends 50 packets/s; wait (bounded) for a second's worth per leg.
-	err = waitFor(20*time.Second, func() bool {
+	err := waitFor(20*time.Second, func() bool {
 		return testutil.ToFloat64(rm.Packets.WithLabelValues("in")) >= 4*50
 	})
 	if err != nil {

@@ -2,7 +2,6 @@ package b2bua
 
 import (
 	"context"
-	"log/slog"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -11,7 +10,6 @@ import (
 	"github.com/cusax-gw/cusax-gw/internal/testenv"
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -19,41 +17,18 @@ import (
 // front of pbx (host:port).
 func startGatewayTo(t *testing.T, pbx string) (*B2BUA, string) {
 	t.Helper()
-	b, err := New(Config{
+	b := runGateway(t, Config{
 		Listen: []Listener{{"udp", "127.0.0.1:0"}, {"tcp", "127.0.0.1:0"}},
 		Domain: "example.com",
 		PBX:    "sip:" + pbx,
-	}, slog.New(slog.DiscardHandler), NewMetrics(prometheus.NewRegistry()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- b.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run after cancel = %v, want nil", err)
-		}
-	})
-	return b, strings.TrimPrefix(b.Addrs()[0], "udp://")
+	}, nil, nil)
+	return b, listenerAddr(t, b, "udp")
 }
 
 // optionsVia sends OPTIONS for uri to proxy and returns the final response.
 func optionsVia(t *testing.T, proxy, uri string) *sip.Response {
 	t.Helper()
-	ua, err := sipgo.NewUA(sipgo.WithUserAgent("test"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ua.Close()
-	c, err := sipgo.NewClient(ua, sipgo.WithClientHostname("127.0.0.1"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := newClient(t, []sipgo.UserAgentOption{sipgo.WithUserAgent("test")})
 	var u sip.Uri
 	if err := sip.ParseUri(uri, &u); err != nil {
 		t.Fatal(err)

@@ -2,7 +2,6 @@ package b2bua
 
 import (
 	"context"
-	"log/slog"
 	"net"
 	"net/netip"
 	"strconv"
@@ -14,7 +13,6 @@ import (
 
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // gatedBindings holds every Put until routing has missed the binding being
@@ -55,18 +53,8 @@ type racingPBX struct {
 
 func startRacingPBX(t *testing.T, host string) *racingPBX {
 	t.Helper()
-	ua, err := sipgo.NewUA(sipgo.WithUserAgent("racing-pbx"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := sipgo.NewServer(ua, sipgo.WithServerLogger(slog.New(slog.DiscardHandler)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := net.ListenPacket("udp", host+":0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ua, srv := newServer(t, sipgo.WithUserAgent("racing-pbx"))
+	conn := listenUDP(t, host)
 	p := &racingPBX{addr: conn.LocalAddr().String(), invites: make(chan *sipgo.DialogClientSession, 1),
 		byes: make(chan *sip.Request, 1)}
 	srv.OnRegister(func(req *sip.Request, tx sip.ServerTransaction) {
@@ -106,17 +94,8 @@ func startRacingPBX(t *testing.T, host string) *racingPBX {
 		p.byes <- req
 		tx.Respond(sip.NewResponseFromRequest(req, 200, "OK", nil))
 	})
-	done := make(chan struct{})
-	go func() { srv.ServeUDP(conn); close(done) }()
-	t.Cleanup(func() { conn.Close(); <-done; ua.Close() })
-	waitServing(t, "udp", p.addr)
-	_, port, _ := net.SplitHostPort(p.addr)
-	pn, _ := strconv.Atoi(port)
-	client, err := sipgo.NewClient(ua, sipgo.WithClientHostname(host), sipgo.WithClientPort(pn),
-		sipgo.WithClientConnectionAddr(p.addr), sipgo.WithClientLogger(slog.New(slog.DiscardHandler)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	serveUDP(t, srv, conn)
+	client, pn := servingClient(t, ua, "udp", p.addr)
 	p.mu.Lock()
 	p.dua = &sipgo.DialogUA{Client: client,
 		ContactHDR: sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "pbx", Host: host, Port: pn}}}
@@ -237,38 +216,7 @@ func startGatewayConfig(t *testing.T, cfg Config, prepare func(*B2BUA)) *B2BUA {
 	if cfg.Resolver == nil {
 		cfg.Resolver = mapResolver{}
 	}
-	b, err := New(cfg, slog.New(slog.DiscardHandler), NewMetrics(prometheus.NewRegistry()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if prepare != nil {
-		prepare(b)
-	}
-	if err := b.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- b.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run after cancel = %v, want nil", err)
-		}
-	})
-	return b
-}
-
-// listenerAddr is the gateway's host:port on network.
-func listenerAddr(t *testing.T, b *B2BUA, network string) string {
-	t.Helper()
-	for _, a := range b.Addrs() {
-		if strings.HasPrefix(a, network+"://") {
-			return strings.TrimPrefix(a, network+"://")
-		}
-	}
-	t.Fatalf("gateway has no %s listener: %v", network, b.Addrs())
-	return ""
+	return runGateway(t, cfg, nil, prepare)
 }
 
 // TestRegFlightsWaitBounded: a REGISTER that never ends (the PBX does not

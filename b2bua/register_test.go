@@ -3,7 +3,6 @@ package b2bua
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"net"
 	"strconv"
 	"strings"
@@ -15,7 +14,6 @@ import (
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
 	"github.com/icholy/digest"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -33,18 +31,8 @@ type fakeRegistrar struct {
 
 func startRegistrar(t *testing.T, password string) *fakeRegistrar {
 	t.Helper()
-	ua, err := sipgo.NewUA(sipgo.WithUserAgent("fake-pbx"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := sipgo.NewServer(ua, sipgo.WithServerLogger(slog.New(slog.DiscardHandler)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, srv := newServer(t, sipgo.WithUserAgent("fake-pbx"))
+	c := listenUDP(t, "127.0.0.1")
 	r := &fakeRegistrar{addr: c.LocalAddr().String(), password: password, bindings: map[string]map[string]int{}}
 	srv.OnRegister(r.onRegister)
 	// Calls to sip:answer@… are answered 200 with SDP (ACK and BYE
@@ -64,9 +52,7 @@ func startRegistrar(t *testing.T, password string) *fakeRegistrar {
 	srv.OnBye(func(req *sip.Request, tx sip.ServerTransaction) {
 		tx.Respond(sip.NewResponseFromRequest(req, 200, "OK", nil))
 	})
-	done := make(chan struct{})
-	go func() { srv.ServeUDP(c); close(done) }()
-	t.Cleanup(func() { c.Close(); <-done; ua.Close() })
+	serveUDP(t, srv, c)
 	return r
 }
 
@@ -157,28 +143,13 @@ func startGateway(t *testing.T, pbx string) (*B2BUA, *fakeClock, string) {
 func startGatewayOn(t *testing.T, listen, pbx string) (*B2BUA, *fakeClock, string) {
 	t.Helper()
 	clk := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-	b, err := New(Config{
+	b := runGateway(t, Config{
 		Listen:     []Listener{{"udp", listen}},
 		PBX:        "sip:" + pbx,
 		Now:        clk.Now,
 		PBXTimeout: time.Second,
-	}, slog.New(slog.DiscardHandler), NewMetrics(prometheus.NewRegistry()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- b.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run after cancel = %v, want nil", err)
-		}
-	})
-	_, port, _ := net.SplitHostPort(strings.TrimPrefix(b.Addrs()[0], "udp://"))
+	}, nil, nil)
+	_, port, _ := net.SplitHostPort(listenerAddr(t, b, "udp"))
 	return b, clk, "127.0.0.1:" + port
 }
 
@@ -195,15 +166,7 @@ type phone struct {
 
 func newPhone(t *testing.T, gw, user, contact string) *phone {
 	t.Helper()
-	ua, err := sipgo.NewUA(sipgo.WithUserAgent("test-phone"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ua.Close() })
-	c, err := sipgo.NewClient(ua, sipgo.WithClientHostname("127.0.0.1"), sipgo.WithClientNAT())
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := newClient(t, []sipgo.UserAgentOption{sipgo.WithUserAgent("test-phone")}, sipgo.WithClientNAT())
 	return &phone{t: t, client: c, gw: gw, user: user, contact: contact, callID: sip.GenerateTagN(12) + "@phone", cseq: 1}
 }
 

@@ -160,32 +160,13 @@ func (e *uaEnd) lastInvite(t *testing.T) *sip.Request {
 // startUDPPBX is the PBX stand-in on UDP host:0.
 func startUDPPBX(t *testing.T, host string) (*uaEnd, string) {
 	t.Helper()
-	ua, err := sipgo.NewUA(sipgo.WithUserAgent("pbx-" + host))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := sipgo.NewServer(ua, sipgo.WithServerLogger(slog.New(slog.DiscardHandler)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	ua, srv := newServer(t, sipgo.WithUserAgent("pbx-"+host))
 	e := &uaEnd{t: t, host: host, byes: make(chan *sip.Request, 4)}
 	e.handlers(srv)
-	conn, err := net.ListenPacket("udp", host+":0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := listenUDP(t, host)
 	addr := conn.LocalAddr().String()
-	done := make(chan struct{})
-	go func() { srv.ServeUDP(conn); close(done) }()
-	t.Cleanup(func() { conn.Close(); <-done; ua.Close() })
-	waitServing(t, "udp", addr)
-	_, port, _ := net.SplitHostPort(addr)
-	pn, _ := strconv.Atoi(port)
-	client, err := sipgo.NewClient(ua, sipgo.WithClientHostname(host), sipgo.WithClientPort(pn),
-		sipgo.WithClientConnectionAddr(addr), sipgo.WithClientLogger(slog.New(slog.DiscardHandler)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	serveUDP(t, srv, conn)
+	client, pn := servingClient(t, ua, "udp", addr)
 	e.setDialogs(client, sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "pbx", Host: host, Port: pn}})
 	return e, addr
 }
@@ -198,15 +179,7 @@ func startConnPhone(t *testing.T, network string, tlsConf *tls.Config) *uaEnd {
 	if tlsConf != nil {
 		opts = append(opts, sipgo.WithUserAgenTLSConfig(tlsConf))
 	}
-	ua, err := sipgo.NewUA(opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ua.Close() })
-	srv, err := sipgo.NewServer(ua, sipgo.WithServerLogger(slog.New(slog.DiscardHandler)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	ua, srv := newServer(t, opts...)
 	e := &uaEnd{t: t, host: "127.0.0.1", byes: make(chan *sip.Request, 4)}
 	e.handlers(srv) // sipgo's server handlers also serve requests arriving on client connections
 	client, err := sipgo.NewClient(ua, sipgo.WithClientHostname("127.0.0.1"),
