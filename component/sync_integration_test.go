@@ -139,15 +139,20 @@ func syncCount(c *Component, kind, result string) float64 {
 	return testutil.ToFloat64(c.m.sync.WithLabelValues(kind, result))
 }
 
-func TestIntegrationSyncProsody(t *testing.T) {
-	users := map[string]string{"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw"}
-	x := testenv.StartProsody(t, testenv.ProsodyOptions{Privileged: true, Users: users})
-	alice, bob := "alice@"+x.Domain, "bob@"+x.Domain
+// syncServer is a running Prosody or ejabberd as the sync tests use it.
+type syncServer struct {
+	domain, component, secret, c2s, componentAddr string
+	stop, restart                                 func() error
+}
 
-	// Alice sets her own vCard the way clients do (vcard-temp), with a
-	// private number of hers; bob subscribes to her presence (the default
-	// access model of reach is presence).
-	ac := dialClient(t, x.C2SAddr, alice, users["alice"])
+// aliceAndBob dials alice and bob (passwords in users); alice sets her
+// own vCard the way clients do (vcard-temp), with a private number of
+// hers, and bob subscribes to her presence (the default access model of
+// reach is presence).
+func (sv syncServer) aliceAndBob(t *testing.T, users map[string]string) (ac, bc *client) {
+	t.Helper()
+	alice, bob := "alice@"+sv.domain, "bob@"+sv.domain
+	ac = dialClient(t, sv.c2s, alice, users["alice"])
 	own := elem(NSVCard, "vCard",
 		elem(NSVCard, "FN", "Alice Liddell"),
 		elem(NSVCard, "PHOTO", elem(NSVCard, "TYPE", "image/png"), elem(NSVCard, "BINVAL", tinyPNG)),
@@ -156,34 +161,95 @@ func TestIntegrationSyncProsody(t *testing.T) {
 	if _, err := ac.iq(t, stanza.SetIQ, "", own); err != nil {
 		t.Fatalf("alice sets her vCard: %v", err)
 	}
-	bc := dialClient(t, x.C2SAddr, bob, users["bob"])
+	bc = dialClient(t, sv.c2s, bob, users["bob"])
 	bc.presence(t, stanza.SubscribePresence, alice)
 	ac.presence(t, stanza.SubscribedPresence, bob)
+	return ac, bc
+}
+
+// aliceStore is a memory store holding alice with number +15551230001;
+// put replaces her numbers.
+func (sv syncServer) aliceStore(t *testing.T) (store *identity.MemoryStore, put func(tels ...string)) {
+	t.Helper()
+	store = identity.NewMemoryStore()
+	t.Cleanup(func() { _ = store.Close() })
+	put = func(tels ...string) {
+		t.Helper()
+		if _, err := store.Put(t.Context(), identity.Identity{JID: "alice@" + sv.domain, SIP: []string{"sip:alice@" + sv.domain}, Tel: tels, Name: "Alice"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("+15551230001")
+	return store, put
+}
+
+// config is a component of the server syncing reach and vCards (enforce)
+// from store, through ejabberdAPI when not "".
+func (sv syncServer) config(store identity.Store, ejabberdAPI string) Config {
+	return Config{
+		JID: sv.component, Server: sv.componentAddr, Secret: Secret(sv.secret), Domain: sv.domain,
+		MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
+		Identities: store,
+		Sync:       SyncConfig{Reach: true, VCard: VCardEnforce, Interval: time.Hour, EjabberdAPI: ejabberdAPI},
+	}
+}
+
+// restartResync stops the server, gives alice a new number, restarts the
+// server and waits until c is up again (privileges version) and a new
+// session of bob (password bobPW) sees alice's new reach and vCard.
+func (sv syncServer) restartResync(t *testing.T, c *Component, version int, put func(tels ...string), bobPW string) {
+	t.Helper()
+	alice := "alice@" + sv.domain
+	if err := sv.stop(); err != nil {
+		t.Fatal(err)
+	}
+	put("+15551230009")
+	if err := sv.restart(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, c, "up again after the restart", func() bool { return c.Up() && c.Privileges().Version == version })
+	bc2 := dialClient(t, sv.c2s, "bob@"+sv.domain, bobPW)
+	d := eventually(t, "bob sees alice's reach after the restart", wantReach(t, bc2, alice, "sip:alice@"+sv.domain, "tel:+15551230009"))
+	t.Logf("in sync %s after the server came back", d)
+	eventually(t, "vCard after the restart", func() (bool, string) {
+		v := bc2.vcardTempOf(t, alice)
+		return slices.Equal(vcardTempNumbers(v), []string{"+15551230009"}) && v.child(NSVCard, "PHOTO") != nil, v.String()
+	})
+}
+
+// aliceVCard returns a condition on alice's vCard as bc reads it: her
+// name, her photo and exactly wantTels.
+func aliceVCard(t *testing.T, bc *client, alice string) func(wantTels ...string) func() (bool, string) {
+	return func(wantTels ...string) func() (bool, string) {
+		return func() (bool, string) {
+			v := bc.vcardTempOf(t, alice)
+			ok := v.child(NSVCard, "FN").text() == "Alice Liddell" &&
+				v.child(NSVCard, "PHOTO").child(NSVCard, "BINVAL").text() == tinyPNG &&
+				slices.Equal(vcardTempNumbers(v), wantTels)
+			return ok, v.String()
+		}
+	}
+}
+
+func TestIntegrationSyncProsody(t *testing.T) {
+	users := map[string]string{"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw"}
+	x := testenv.StartProsody(t, testenv.ProsodyOptions{Privileged: true, Users: users})
+	alice, bob := "alice@"+x.Domain, "bob@"+x.Domain
+
+	// Alice has a vCard of her own, bob subscribes to her presence.
+	sv := syncServer{x.Domain, x.Component, x.Secret, x.C2SAddr, x.ComponentAddr, x.Stop, x.Restart}
+	ac, bc := sv.aliceAndBob(t, users)
 	carol := "carol@" + x.Domain // has no vCard at all
 	cc := dialClient(t, x.C2SAddr, carol, users["carol"])
 	bc.presence(t, stanza.SubscribePresence, carol)
 	cc.presence(t, stanza.SubscribedPresence, bob)
 
-	store := identity.NewMemoryStore()
-	t.Cleanup(func() { _ = store.Close() })
-	put := func(tels ...string) {
-		t.Helper()
-		if _, err := store.Put(t.Context(), identity.Identity{JID: alice, SIP: []string{"sip:alice@" + x.Domain}, Tel: tels, Name: "Alice"}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	put("+15551230001")
+	store, put := sv.aliceStore(t)
 	if _, err := store.Put(t.Context(), identity.Identity{JID: carol, Tel: []string{"+15551230100"}, Name: "Carol"}); err != nil {
 		t.Fatal(err)
 	}
 
-	cfg := Config{
-		JID: x.Component, Server: x.ComponentAddr, Secret: Secret(x.Secret), Domain: x.Domain,
-		MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
-		Identities: store,
-		Sync:       SyncConfig{Reach: true, VCard: VCardEnforce, Interval: time.Hour},
-	}
-	c, _, logs := newTest(t, cfg)
+	c, _, logs := newTest(t, sv.config(store, ""))
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("component log:\n%s", logs)
@@ -198,15 +264,7 @@ func TestIntegrationSyncProsody(t *testing.T) {
 	d := eventually(t, "bob sees alice's reach", wantReach(t, bc, alice, "sip:alice@"+x.Domain, "tel:+15551230001"))
 	t.Logf("initial reconcile visible to bob after %s", d)
 
-	checkVCard := func(wantTels ...string) func() (bool, string) {
-		return func() (bool, string) {
-			v := bc.vcardTempOf(t, alice)
-			ok := v.child(NSVCard, "FN").text() == "Alice Liddell" &&
-				v.child(NSVCard, "PHOTO").child(NSVCard, "BINVAL").text() == tinyPNG &&
-				slices.Equal(vcardTempNumbers(v), wantTels)
-			return ok, v.String()
-		}
-	}
+	checkVCard := aliceVCard(t, bc, alice)
 	eventually(t, "alice's vCard holds the map's number, her name and photo", checkVCard("+15551230001"))
 	eventually(t, "carol gets a vCard", func() (bool, string) {
 		v := bc.vcardTempOf(t, carol)
@@ -242,21 +300,7 @@ func TestIntegrationSyncProsody(t *testing.T) {
 
 	// The server restarts while the map changes: the component comes back
 	// and reconciles.
-	if err := x.Stop(); err != nil {
-		t.Fatal(err)
-	}
-	put("+15551230009")
-	if err := x.Restart(); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, c, "up again after the restart", func() bool { return c.Up() && c.Privileges().Version == 2 })
-	bc2 := dialClient(t, x.C2SAddr, bob, users["bob"])
-	d = eventually(t, "bob sees alice's reach after the restart", wantReach(t, bc2, alice, "sip:alice@"+x.Domain, "tel:+15551230009"))
-	t.Logf("in sync %s after the server came back", d)
-	eventually(t, "vCard after the restart", func() (bool, string) {
-		v := bc2.vcardTempOf(t, alice)
-		return slices.Equal(vcardTempNumbers(v), []string{"+15551230009"}) && v.child(NSVCard, "PHOTO") != nil, v.String()
-	})
+	sv.restartResync(t, c, 2, put, users["bob"])
 
 	if err := r.stop(t); err != nil {
 		t.Errorf("Run() = %v", err)
@@ -272,38 +316,12 @@ func TestIntegrationSyncProsody(t *testing.T) {
 func TestIntegrationSyncEjabberd(t *testing.T) {
 	users := map[string]string{"alice": "alice-pw", "bob": "bob-pw"}
 	x := testenv.StartEjabberd(t, testenv.EjabberdOptions{Users: users})
-	alice, bob := "alice@"+x.Domain, "bob@"+x.Domain
+	alice := "alice@" + x.Domain
 
-	ac := dialClient(t, x.C2SAddr, alice, users["alice"])
-	own := elem(NSVCard, "vCard",
-		elem(NSVCard, "FN", "Alice Liddell"),
-		elem(NSVCard, "PHOTO", elem(NSVCard, "TYPE", "image/png"), elem(NSVCard, "BINVAL", tinyPNG)),
-		elem(NSVCard, "TEL", elem(NSVCard, "HOME"), elem(NSVCard, "VOICE"), elem(NSVCard, "NUMBER", "+493012345678")),
-	)
-	if _, err := ac.iq(t, stanza.SetIQ, "", own); err != nil {
-		t.Fatalf("alice sets her vCard: %v", err)
-	}
-	bc := dialClient(t, x.C2SAddr, bob, users["bob"])
-	bc.presence(t, stanza.SubscribePresence, alice)
-	ac.presence(t, stanza.SubscribedPresence, bob)
-
-	store := identity.NewMemoryStore()
-	t.Cleanup(func() { _ = store.Close() })
-	put := func(tels ...string) {
-		t.Helper()
-		if _, err := store.Put(t.Context(), identity.Identity{JID: alice, SIP: []string{"sip:alice@" + x.Domain}, Tel: tels, Name: "Alice"}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	put("+15551230001")
-
-	cfg := Config{
-		JID: x.Component, Server: x.ComponentAddr, Secret: Secret(x.Secret), Domain: x.Domain,
-		MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
-		Identities: store,
-		Sync:       SyncConfig{Reach: true, VCard: VCardEnforce, Interval: time.Hour, EjabberdAPI: x.APIURL},
-	}
-	c, _, logs := newTest(t, cfg)
+	sv := syncServer{x.Domain, x.Component, x.Secret, x.C2SAddr, x.ComponentAddr, x.Stop, x.Restart}
+	_, bc := sv.aliceAndBob(t, users)
+	store, put := sv.aliceStore(t)
+	c, _, logs := newTest(t, sv.config(store, x.APIURL))
 	t.Cleanup(func() {
 		if t.Failed() || testing.Verbose() {
 			t.Logf("component log:\n%s", logs)
@@ -317,15 +335,7 @@ func TestIntegrationSyncEjabberd(t *testing.T) {
 
 	d := eventually(t, "bob sees alice's reach", wantReach(t, bc, alice, "sip:alice@"+x.Domain, "tel:+15551230001"))
 	t.Logf("initial reconcile visible to bob after %s", d)
-	checkVCard := func(wantTels ...string) func() (bool, string) {
-		return func() (bool, string) {
-			v := bc.vcardTempOf(t, alice)
-			ok := v.child(NSVCard, "FN").text() == "Alice Liddell" &&
-				v.child(NSVCard, "PHOTO").child(NSVCard, "BINVAL").text() == tinyPNG &&
-				slices.Equal(vcardTempNumbers(v), wantTels)
-			return ok, v.String()
-		}
-	}
+	checkVCard := aliceVCard(t, bc, alice)
 	eventually(t, "alice's vcard-temp holds the map's number, her name and photo", checkVCard("+15551230001"))
 
 	var lat []time.Duration
@@ -345,21 +355,7 @@ func TestIntegrationSyncEjabberd(t *testing.T) {
 
 	// ejabberd restarts while the map changes: the component comes back
 	// and reconciles (its memory of the published reach does not match).
-	if err := x.Stop(); err != nil {
-		t.Fatal(err)
-	}
-	put("+15551230009")
-	if err := x.Restart(); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, c, "up again after the restart", func() bool { return c.Up() && c.Privileges().Version == 1 })
-	bc2 := dialClient(t, x.C2SAddr, bob, users["bob"])
-	d = eventually(t, "bob sees alice's reach after the restart", wantReach(t, bc2, alice, "sip:alice@"+x.Domain, "tel:+15551230009"))
-	t.Logf("in sync %s after the server came back", d)
-	eventually(t, "vCard after the restart", func() (bool, string) {
-		v := bc2.vcardTempOf(t, alice)
-		return slices.Equal(vcardTempNumbers(v), []string{"+15551230009"}) && v.child(NSVCard, "PHOTO") != nil, v.String()
-	})
+	sv.restartResync(t, c, 1, put, users["bob"])
 
 	if err := r.stop(t); err != nil {
 		t.Errorf("Run() = %v", err)

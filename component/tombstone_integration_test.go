@@ -2,7 +2,6 @@ package component
 
 import (
 	"path/filepath"
-	"slices"
 	"testing"
 	"time"
 
@@ -46,15 +45,7 @@ func testTombstoneScenario(t *testing.T, x tombstoneServer) {
 		}
 		return s
 	}
-	checkVCard := func(wantTels ...string) func() (bool, string) {
-		return func() (bool, string) {
-			v := bc.vcardTempOf(t, alice)
-			ok := v.child(NSVCard, "FN").text() == "Alice Liddell" &&
-				v.child(NSVCard, "PHOTO").child(NSVCard, "BINVAL").text() == tinyPNG &&
-				slices.Equal(vcardTempNumbers(v), wantTels)
-			return ok, v.String()
-		}
-	}
+	checkVCard := aliceVCard(t, bc, alice)
 	run := func(store *identity.BoltStore) (*Component, *running) {
 		cfg := x.cfg
 		cfg.Identities = store
