@@ -138,15 +138,7 @@ func startCallRig(t *testing.T, mod func(*Config)) *callRig {
 	}
 	r.b = runGateway(t, cfg, reg, func(gw *B2BUA) {
 		b = gw
-		ctx, cancel := context.WithCancel(context.Background())
-		relayDone := make(chan error, 1)
-		go func() { relayDone <- relay.Run(ctx) }()
-		t.Cleanup(func() {
-			cancel()
-			if err := <-relayDone; err != nil {
-				t.Errorf("relay Run after cancel = %v, want nil", err)
-			}
-		})
+		runUntilEnd(t, "relay", relay.Run)
 	})
 	r.gw = listenerAddr(t, r.b, "udp")
 	return r

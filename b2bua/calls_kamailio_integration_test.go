@@ -31,15 +31,7 @@ func startRelay(t *testing.T, reg prometheus.Registerer) (*rtprelay.Relay, *rtpr
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("relay Run = %v", err)
-		}
-	})
+	runUntilEnd(t, "relay", r.Run)
 	return r, m
 }
 

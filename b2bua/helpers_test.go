@@ -43,16 +43,23 @@ func runGateway(t *testing.T, cfg Config, reg prometheus.Registerer, prepare fun
 	if err := b.Listen(); err != nil {
 		t.Fatal(err)
 	}
+	runUntilEnd(t, "gateway", b.Run)
+	return b
+}
+
+// runUntilEnd runs run (a Run method: blocks until its ctx ends) in a
+// goroutine until the test ends; then run must return nil.
+func runUntilEnd(t *testing.T, what string, run func(context.Context) error) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- b.Run(ctx) }()
+	go func() { done <- run(ctx) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
-			t.Errorf("Run after cancel = %v, want nil", err)
+			t.Errorf("%s Run after cancel = %v, want nil", what, err)
 		}
 	})
-	return b
 }
 
 // listenerAddr is the gateway's host:port on network.
