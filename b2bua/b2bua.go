@@ -30,6 +30,32 @@ func init() {
 	}
 }
 
+// DefaultTransactionLinger is RFC 3261's wait of a finished transaction for
+// retransmissions (64*T1): sipgo's Timers D, J, L and M.
+const DefaultTransactionLinger = 32 * time.Second
+
+// SetTransactionLinger sets how long a finished SIP transaction is kept to
+// absorb retransmissions (sipgo's Timers D, J, L and M; Kamailio's
+// wt_timer); d <= 0 restores DefaultTransactionLinger. Every finished call
+// holds its transactions, ~12 KB, that long: at 2,000 calls/s RFC 3261's
+// 32 s keep ~770 MB alive. What arrives later is handled without them: a
+// 2xx retransmitted by the PBX is ACKed again by the call, a late copy of
+// a call's initial INVITE is answered 482, a late BYE finds no dialog.
+//
+// The timers are process globals that sipgo reads without
+// synchronisation: call it before any user agent starts (cusax-gw run
+// does, from sip.transaction_linger). A call with the value already in
+// force writes nothing.
+func SetTransactionLinger(d time.Duration) {
+	if d <= 0 {
+		d = DefaultTransactionLinger
+	}
+	if sip.Timer_D == d && sip.Timer_J == d && sip.Timer_L == d && sip.Timer_M == d {
+		return
+	}
+	sip.Timer_D, sip.Timer_J, sip.Timer_L, sip.Timer_M = d, d, d, d
+}
+
 // B2BUA is the SIP back-to-back user agent. Create it with New, bind its
 // listeners with Listen, then Run it. Drain starts a graceful shutdown.
 type B2BUA struct {
@@ -61,8 +87,12 @@ type B2BUA struct {
 	dialogs map[dialogID]*leg // by dialogKey
 	// outCallIDs counts the calls using each B-leg Call-ID (loop detection).
 	outCallIDs map[string]int
-	pending    int           // admitted calls not yet in calls
-	idle       chan struct{} // closed when the last call ends (Drain)
+	// initial holds the initial INVITE of every call in progress: a copy
+	// arriving after its server transaction ended (a late retransmission)
+	// is answered 482 instead of becoming a second call.
+	initial map[initialKey]struct{}
+	pending int           // admitted calls not yet in calls
+	idle    chan struct{} // closed when the last call ends (Drain)
 
 	mu        sync.Mutex
 	udp       []net.PacketConn
@@ -100,7 +130,8 @@ func New(cfg Config, log *slog.Logger, m *Metrics) (*B2BUA, error) {
 	}
 	b = &B2BUA{cfg: cfg, log: log, m: m, ua: ua, srv: srv, bindings: bindings,
 		cps: newLimiter(cfg.MaxCPS), rate: newSourceLimiter(cfg.RateLimit),
-		calls: map[string]*call{}, dialogs: map[dialogID]*leg{}, outCallIDs: map[string]int{}}
+		calls: map[string]*call{}, dialogs: map[dialogID]*leg{}, outCallIDs: map[string]int{},
+		initial: map[initialKey]struct{}{}}
 	rand.Read(b.callKey[:])
 	if cfg.PBX != "" {
 		if b.pbx, err = parsePBX(cfg.PBX); err != nil {

@@ -32,6 +32,7 @@ import (
 type call struct {
 	id      string // the A-leg Call-ID, for logs
 	mediaID string // the key toward the media relay
+	init    initialKey
 	origin  string // phone|pbx
 	a, b    *leg
 	start   time.Time
@@ -122,6 +123,15 @@ func (b *B2BUA) newCall(req *sip.Request, tx sip.ServerTransaction) {
 		}
 		mf = sip.MaxForwardsHeader(h.Val() - 1)
 	}
+	fromTag, _ := from.Params.Get("tag")
+	init := initialKey{callID: callid.Value(), fromTag: fromTag, seq: cseq.SeqNo}
+	if _, tagged := to.Params.Get("tag"); !tagged && b.inProgress(init) {
+		// A copy of the initial INVITE of a call in progress whose server
+		// transaction has ended (sip.transaction_linger): a late
+		// retransmission or a merged request (RFC 3261 8.2.2.2).
+		b.respond(tx, req, 482, "Loop Detected")
+		return
+	}
 	trusted := b.cfg.trusted(req.Source())
 	if !trusted && b.isOwnCallID(callid.Value()) {
 		// Our own B-leg INVITE came back from an untrusted source: sip.pbx
@@ -167,6 +177,7 @@ func (b *B2BUA) newCall(req *sip.Request, tx sip.ServerTransaction) {
 
 	// From here the call exists and ends only through endCall.
 	admitted = false
+	c.init = init
 	b.addCall(c)
 	c.log.Info("call start", "origin", origin, "from", aorOf(from.Address), "to", aorOf(to.Address),
 		"b_call_id", bl.callID)
@@ -899,6 +910,7 @@ func (b *B2BUA) addCall(c *call) {
 	b.pending--
 	b.calls[c.mediaID] = c
 	b.outCallIDs[c.b.callID]++
+	b.initial[c.init] = struct{}{}
 	b.callsMu.Unlock()
 	b.addDialog(c.a)
 	b.m.CallsActive.Inc()
@@ -907,6 +919,7 @@ func (b *B2BUA) addCall(c *call) {
 func (b *B2BUA) removeCall(c *call) {
 	b.callsMu.Lock()
 	delete(b.calls, c.mediaID)
+	delete(b.initial, c.init)
 	if b.outCallIDs[c.b.callID]--; b.outCallIDs[c.b.callID] <= 0 {
 		delete(b.outCallIDs, c.b.callID)
 	}
@@ -955,6 +968,21 @@ func (b *B2BUA) hangupAll(reason string) {
 }
 
 // isOwnCallID reports whether callID is the Call-ID of one of our B-legs.
+// initialKey identifies a call's initial INVITE: Call-ID, From tag and
+// CSeq number (RFC 3261 8.2.2.2).
+type initialKey struct {
+	callID, fromTag string
+	seq             uint32
+}
+
+// inProgress reports whether the call whose initial INVITE is k exists.
+func (b *B2BUA) inProgress(k initialKey) bool {
+	b.callsMu.Lock()
+	defer b.callsMu.Unlock()
+	_, ok := b.initial[k]
+	return ok
+}
+
 func (b *B2BUA) isOwnCallID(callID string) bool {
 	b.callsMu.Lock()
 	defer b.callsMu.Unlock()

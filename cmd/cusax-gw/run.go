@@ -202,6 +202,7 @@ func newDaemon(cfg *config.Config, log *slog.Logger) (_ *daemon, err error) {
 	if rs, ok := d.store.(*identity.RedisStore); ok {
 		bindings = b2bua.NewRedisBindings(rs.Client(), cfg.Identity.Redis.KeyPrefix, 0)
 	}
+	b2bua.SetTransactionLinger(cfg.SIP.TransactionLinger.D())
 	udpBuf := cfg.SIP.UDPReceiveBuffer
 	if udpBuf == 0 {
 		udpBuf = -1 // the kernel's default (0 means the b2bua's default)

@@ -107,6 +107,10 @@ type SIP struct {
 	// UDPReceiveBuffer is the receive buffer (bytes) asked for on each UDP
 	// listener; 0: the kernel's default (net.core.rmem_default).
 	UDPReceiveBuffer int `yaml:"udp_receive_buffer"`
+	// TransactionLinger is how long a finished transaction absorbs
+	// retransmissions (RFC 3261's 32 s Timers D, J, L, M; Kamailio's
+	// wt_timer, 5 s): memory held per finished call.
+	TransactionLinger Duration `yaml:"transaction_linger"`
 }
 
 // TLS names the certificate and key of the tls:// and wss:// SIP listeners.
@@ -181,7 +185,8 @@ func Default() *Config {
 			RingTimeout:    Duration(3 * time.Minute),
 			PBXPing:        Duration(5 * time.Second),
 			// 4 MiB: ~2,000 datagrams, a quarter of a second at 2,000 calls/s.
-			UDPReceiveBuffer: 4 << 20,
+			UDPReceiveBuffer:  4 << 20,
+			TransactionLinger: Duration(5 * time.Second),
 		},
 		RTP: RTP{
 			Listen:     "0.0.0.0",

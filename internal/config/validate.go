@@ -262,6 +262,9 @@ func (c *Config) Validate() error {
 	if c.SIP.UDPReceiveBuffer < 0 {
 		bad("sip.udp_receive_buffer", "must not be negative (0: the kernel's default), got %d", c.SIP.UDPReceiveBuffer)
 	}
+	if d := c.SIP.TransactionLinger.D(); d < time.Second || d > 32*time.Second {
+		bad("sip.transaction_linger", "must be between 1s and 32s, got %s", c.SIP.TransactionLinger)
+	}
 	if c.SIP.RingTimeout.D() <= 0 {
 		bad("sip.ring_timeout", "must be positive, got %s", c.SIP.RingTimeout)
 	}
