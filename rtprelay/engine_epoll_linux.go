@@ -489,16 +489,17 @@ func (w *epollWorker) run() {
 	}
 }
 
-// nextWake is the pacing of a worker. Packets that keep coming (a batch
-// with events less than two periods after the previous one) pace it: it
-// looks again one period after this batch began instead of at the next
-// packet, so one wakeup serves the packets of a whole period; a period
-// without packets ends it. After a batch that began at start, found n
+// nextWake is the pacing of a worker. Packets that pile up (a batch with
+// two or more events less than two periods after the previous batch) pace
+// it: it looks again one period after this batch began instead of at the
+// next packet, so one wakeup serves the packets of a whole period. A
+// period that brought fewer than two ends it: pacing would save nothing
+// and only delay (a lone stream, or packets in lock-step, never wait). After a batch that began at start, found n
 // events (full: as many as fit) and ended at now, with prev the start of
 // the last batch before it that had events, it returns whether the worker
 // is paced and, if so, how long it waits.
 func nextWake(paced bool, n int, full bool, start, prev, now int64) (bool, int64) {
-	if n == 0 || !paced && start-prev >= 2*epollPace {
+	if n < 2 || !paced && start-prev >= 2*epollPace {
 		return false, 0
 	}
 	d := start + epollPace - now

@@ -192,7 +192,9 @@ func TestEpollNextWake(t *testing.T) {
 		wantWait        int64
 	}{
 		{"idle, a lone packet", false, 1, false, 10 * p, 0, 10*p + 5, false, 0},
-		{"idle, a packet soon after the last", false, 1, false, 10 * p, 9 * p, 10*p + 5, true, p - 5},
+		{"idle, packets soon after the last", false, 2, false, 10 * p, 9 * p, 10*p + 5, true, p - 5},
+		{"idle, one packet soon after the last (lock-step)", false, 1, false, 10 * p, 9 * p, 10*p + 5, false, 0},
+		{"paced, a period with one packet", true, 1, false, 10 * p, 9 * p, 10*p + 5, false, 0},
 		{"paced, packets keep coming", true, 7, false, 10 * p, 9 * p, 10*p + 50, true, p - 50},
 		{"paced, a period without packets", true, 0, false, 10 * p, 9 * p, 10*p + 1, false, 0},
 		{"paced, the batch took longer than a period", true, 7, false, 10 * p, 9 * p, 12 * p, true, epollMinPace},
@@ -213,9 +215,21 @@ func TestEpollPacedStop(t *testing.T) {
 	r, _, _ := testRelay(t, Config{FloodLimit: 1 << 20, Engine: "epoll", Workers: 1})
 	runRelay(t, r)
 	a, b := listenPhone(t), listenPhone(t)
-	toA, _ := relayCall(t, r, "paced", a, b)
-	for i := range 50 { // lock-step packets less than a period apart: the worker paces
-		exchange(t, a, toA, b, rtpPacket(uint16(i), uint32(160*i), 1))
+	toA, toB := relayCall(t, r, "paced", a, b)
+	buf := make([]byte, 1500)
+	for i := range 50 { // both ways at once, less than a period apart: two sockets ready per wakeup pace the worker
+		if _, err := a.WriteToUDPAddrPort(rtpPacket(uint16(i), uint32(160*i), 1), toA); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.WriteToUDPAddrPort(rtpPacket(uint16(i), uint32(160*i), 2), toB); err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range []*net.UDPConn{a, b} {
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, _, err := c.ReadFromUDPAddrPort(buf); err != nil {
+				t.Fatalf("packet %d not relayed: %v", i, err)
+			}
+		}
 	}
 	if err := r.Delete("paced"); err != nil {
 		t.Fatal(err)
