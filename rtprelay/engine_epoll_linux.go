@@ -135,7 +135,7 @@ const epollEvents = 128
 // a packet's latency and bounds the wakeups to 1/epollPace per second.
 // epollMinPace is the shortest wait, when a batch took longer than a period.
 const (
-	epollPace    = int64(200 * time.Microsecond)
+	epollPace    = int64(150 * time.Microsecond)
 	epollMinPace = int64(time.Microsecond)
 )
 
