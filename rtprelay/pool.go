@@ -47,13 +47,15 @@ type pair struct {
 // peer is still sending; the kernel now answers it with port-unreachable)
 // and quarantined again, cold. Warm pairs nobody asked for are closed by
 // the sweep one quarantine after theirs ended, so a finished peak does not
-// keep descriptors open.
+// keep descriptors open. At most warmMax pairs are warm: past it a freed
+// pair is closed and quarantined cold.
 type pool struct {
 	listen     netip.Addr
 	min        int
 	quarantine time.Duration
 	inUse      prometheus.Gauge
 	raw        bool
+	warmMax    int // most pairs kept warm (warmBudget)
 
 	mu    sync.Mutex
 	pairs []pair
@@ -90,6 +92,7 @@ func newPool(listen netip.Addr, portMin, portMax int, quarantine time.Duration, 
 		pairs: make([]pair, n), cold: ring{buf: make([]int32, n)}}
 	if p.raw {
 		p.warm = ring{buf: make([]int32, n)}
+		p.warmMax = warmBudget()
 	}
 	start := rand.IntN(n)
 	for i := range n {
@@ -205,7 +208,7 @@ func (p *pool) put(pr *pair) {
 	p.inUse.Sub(2)
 	pr.freed = time.Now()
 	pr.rtp, pr.rtcp = nil, nil
-	if p.raw && !p.closed {
+	if p.raw && !p.closed && p.warm.count < p.warmMax {
 		p.warm.push(pr.idx)
 		return
 	}

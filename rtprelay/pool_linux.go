@@ -12,6 +12,21 @@ import (
 // rawSupported: pools can bind raw non-blocking sockets for the epoll engine.
 const rawSupported = true
 
+// warmBudget is how many freed pairs a raw pool keeps bound (two
+// descriptors each): an eighth of the open-file limit, a quarter of the
+// descriptors. Past it a freed pair is closed as before. At high call
+// rates the quarantine holds more pairs than the process may keep open
+// (4 ports per call x calls/s x (call length + rtp.quarantine)), and
+// descriptors spent on warm sockets would starve new calls and SIP
+// connections (EMFILE).
+func warmBudget() int {
+	var rl unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &rl) != nil {
+		return 0
+	}
+	return int(min(rl.Cur/8, 1<<20))
+}
+
 // bindRaw binds a non-blocking UDP socket to ap, outside the Go runtime's
 // netpoller (the epoll engine polls it itself). An unspecified IPv6
 // address takes IPv4 too, as net.ListenUDP's does.

@@ -14,6 +14,8 @@ func bindRaw(netip.AddrPort) (int32, error) {
 	return -1, errors.New("rtprelay: raw sockets need Linux")
 }
 
+func warmBudget() int { return 0 }
+
 func closeFD(int32) {}
 
 func drainFD(int32) int { return 0 }

@@ -192,3 +192,39 @@ func TestReuseDropsLateDatagrams(t *testing.T) {
 		t.Errorf("leg A latched to %v, want the new phone %v", p, a2.LocalAddr())
 	}
 }
+
+// Past its warm budget a raw pool closes freed pairs (descriptors are
+// limited: at high call rates the quarantine holds more pairs than the
+// process may keep open).
+func TestPoolWarmBudget(t *testing.T) {
+	if !rawSupported {
+		t.Skip("raw sockets need Linux")
+	}
+	if warmBudget() < 1 {
+		t.Fatalf("warmBudget() = %d with the test's open-file limit, want at least 1", warmBudget())
+	}
+	min, max := freeRange(t, 8)
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "g"})
+	p := newPool(loopback, min, max, time.Minute, g, true)
+	defer p.close()
+	p.warmMax = 1
+	a, err := p.get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := p.get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.put(a)
+	p.put(b)
+	if !bound(t, a.port) || !bound(t, a.port+1) {
+		t.Errorf("first freed pair %d not kept warm", a.port)
+	}
+	if bound(t, b.port) || bound(t, b.port+1) || b.rtpFD != -1 {
+		t.Errorf("second freed pair %d kept bound past the warm budget of 1", b.port)
+	}
+	if p.warm.count != 1 || p.cold.count != len(p.pairs)-1 {
+		t.Errorf("warm %d, cold %d of %d pairs; want 1 warm", p.warm.count, p.cold.count, len(p.pairs))
+	}
+}
