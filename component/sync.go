@@ -396,7 +396,7 @@ func (c *Component) syncLoop(ctx context.Context, send iqSender) {
 	cfg := c.cfg.Sync
 	s := &syncRun{c: c, send: send, cfg: cfg, queue: newSyncQueue(4 * cfg.Concurrency)}
 	if cfg.EjabberdAPI != "" {
-		s.api = &apiClient{base: cfg.EjabberdAPI, hc: cfg.HTTPClient}
+		s.api = newAPIClient(cfg.EjabberdAPI, cfg.HTTPClient)
 		defer cfg.HTTPClient.CloseIdleConnections()
 	}
 	c.presence.drain() // presence from a previous stream is stale

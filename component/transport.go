@@ -136,12 +136,29 @@ func ownIQ(ctx context.Context, send iqSender, from, user jid.JID, typ stanza.IQ
 type apiClient struct {
 	base string // e.g. http://127.0.0.1:5280/api
 	hc   *http.Client
+	// turn makes the writes one at a time. ejabberd 23.01 handles a
+	// send_stanza's PEP publish inside the HTTP request, in a Mnesia
+	// transaction: two concurrent first publishes (each creating a node)
+	// can abort one another ({cyclic, ..., pubsub_index}), and the API
+	// still answers 0, so the lost publish would never be retried.
+	// Made by newAPIClient, one slot.
+	turn chan struct{}
+}
+
+func newAPIClient(base string, hc *http.Client) *apiClient {
+	return &apiClient{base: base, hc: hc, turn: make(chan struct{}, 1)}
 }
 
 // sendStanza routes stanza as if from had sent it to to
-// (POST {base}/send_stanza). ejabberd answers 200 with 0 once the stanza is
-// routed; nothing reports how the recipient handled it.
+// (POST {base}/send_stanza), one call at a time. ejabberd answers 200 with 0
+// once the stanza is routed; nothing reports how the recipient handled it.
 func (a *apiClient) sendStanza(ctx context.Context, from, to string, st *node) error {
+	select {
+	case a.turn <- struct{}{}:
+	case <-ctx.Done():
+		return fmt.Errorf("component: ejabberd api send_stanza: %w", ctx.Err())
+	}
+	defer func() { <-a.turn }()
 	body, err := json.Marshal(map[string]string{"from": from, "to": to, "stanza": st.String()})
 	if err != nil {
 		return err
