@@ -96,6 +96,11 @@ func TestIntegrationTwoGatewaysProsody(t *testing.T) {
 	if res.ExitCode != testenv.SIPpOK {
 		t.Fatalf("PBX-side call through gateway 2 to %s: sipp exit %d\n%s", token, res.ExitCode, res.Output)
 	}
+	// SIPp is done once its BYE is answered; the gateway counts the call
+	// when its teardown (the BYE toward the phone) has finished.
+	gw2.waitUntil(10*time.Second, "gateway 2's call ended", func() bool {
+		return gw2.metrics()["cusax_calls_active"] == 0
+	})
 	if got := gw2.metric(`cusax_calls_total{origin="pbx",result="answered"}`); got != 1 {
 		t.Errorf(`gateway 2 cusax_calls_total{origin="pbx",result="answered"} = %v, want 1`, got)
 	}
