@@ -11,6 +11,8 @@ import (
 
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
+
+	"github.com/cusax-gw/cusax-gw/internal/testenv"
 )
 
 // trapListener is a TCP listener that only counts connections: it stands
@@ -48,7 +50,7 @@ func connected(t *testing.T, ln *net.TCPListener) bool {
 // and does connect to trusted ones. WSS is not covered: sipgo's WSS
 // transport dials with a net.Dialer of its own (dialpolicy.go).
 func TestDialPolicy(t *testing.T) {
-	serverTLS, _ := testTLS(t)
+	serverTLS, _ := testenv.SelfSignedTLS(t)
 	networks := []string{"tcp", "tls", "ws"}
 	cfg := Config{Listen: []Listener{{"udp", "127.0.0.1:0"}}, PBX: "sip:127.0.0.2:9", TLS: serverTLS}
 	for _, n := range networks {

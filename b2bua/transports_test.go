@@ -2,14 +2,8 @@ package b2bua
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"log/slog"
-	"math/big"
 	"net"
 	"strconv"
 	"strings"
@@ -19,6 +13,8 @@ import (
 
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
+
+	"github.com/cusax-gw/cusax-gw/internal/testenv"
 )
 
 // Calls with phones on the connection-oriented listeners (tcp, tls, ws,
@@ -26,41 +22,6 @@ import (
 // and browsers do: their Contact host is unresolvable (RFC 7118 style
 // ".invalid"), so every request toward them must travel over the
 // connection they opened.
-
-// testTLS returns a server configuration with a self-signed certificate
-// for 127.0.0.1 and a client configuration that trusts only it.
-func testTLS(t *testing.T) (server, client *tls.Config) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "cusax-gw test"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	server = &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key, Leaf: cert}},
-		MinVersion: tls.VersionTLS12}
-	client = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
-	return server, client
-}
 
 // uaEnd is one SIP endpoint of these tests (the PBX stand-in or a phone):
 // it answers INVITEs with 200 and SDP, records BYEs, and places calls.
@@ -245,7 +206,7 @@ func hangup(t *testing.T, bye func(context.Context) error, other *uaEnd, want st
 // is called by the PBX and calls it, and each call is hung up from each
 // side; every request toward the phone arrives over its connection.
 func TestCallsOverConnectionListeners(t *testing.T) {
-	serverTLS, clientTLS := testTLS(t)
+	serverTLS, clientTLS := testenv.SelfSignedTLS(t)
 	for _, network := range []string{"tcp", "tls", "ws", "wss"} {
 		t.Run(network, func(t *testing.T) {
 			upper := strings.ToUpper(network)
