@@ -31,25 +31,20 @@ func TestIntegrationSIPpPhoneOverTCP(t *testing.T) {
 		return append(args, "-t", "t1", "-p", strconv.Itoa(testenv.FreePort(t)))
 	}
 
-	t.Run("ByeFromPhone", func(t *testing.T) {
-		t.Parallel()
-		r := tcpRig(t)
-		r.call(t, "impp.uac.xml", "answer.uas.xml", phoneTCP(t, "-s", "bob", "-m", "1"), []string{"-m", "1"})
-		r.waitIdle(t, 1)
-		if got := r.calls("phone", resultAnswered); got != 1 {
-			t.Errorf("cusax_calls_total{phone,answered} = %v, want 1", got)
-		}
-	})
-
-	t.Run("ByeFromPBX", func(t *testing.T) {
-		t.Parallel()
-		r := tcpRig(t)
-		r.call(t, "pbxbye.uac.xml", "pbxbye.uas.xml", phoneTCP(t, "-s", "bob", "-m", "1"), []string{"-m", "1"})
-		r.waitIdle(t, 1)
-		if got := r.calls("phone", resultAnswered); got != 1 {
-			t.Errorf("cusax_calls_total{phone,answered} = %v, want 1", got)
-		}
-	})
+	for _, tc := range []struct{ name, uac, uas string }{
+		{"ByeFromPhone", "impp.uac.xml", "answer.uas.xml"},
+		{"ByeFromPBX", "pbxbye.uac.xml", "pbxbye.uas.xml"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			r := tcpRig(t)
+			r.call(t, tc.uac, tc.uas, phoneTCP(t, "-s", "bob", "-m", "1"), []string{"-m", "1"})
+			r.waitIdle(t, 1)
+			if got := r.calls("phone", resultAnswered); got != 1 {
+				t.Errorf("cusax_calls_total{phone,answered} = %v, want 1", got)
+			}
+		})
+	}
 
 	t.Run("RegisterThenCallFromPBX", func(t *testing.T) {
 		t.Parallel()
