@@ -68,8 +68,9 @@ func (r *Relay) Offer(ctx context.Context, callID, fromTag string, sdp []byte) (
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	p, err := parseSDP(sdp)
-	if err != nil {
+	p := r.getSDP()
+	defer r.putSDP(p)
+	if err := p.parse(sdp); err != nil {
 		return nil, err
 	}
 	c, created, err := r.callFor(callID, fromTag)
@@ -109,8 +110,9 @@ func (r *Relay) Answer(ctx context.Context, callID, toTag string, sdp []byte) ([
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	p, err := parseSDP(sdp)
-	if err != nil {
+	p := r.getSDP()
+	defer r.putSDP(p)
+	if err := p.parse(sdp); err != nil {
 		return nil, err
 	}
 	r.mu.Lock()
@@ -135,6 +137,20 @@ func (r *Relay) Answer(ctx context.Context, callID, toTag string, sdp []byte) ([
 	c.legs[side].tag = toTag // forking: the last answer wins
 	c.answered = true
 	return out, nil
+}
+
+// getSDP returns a zeroed parsedSDP for one Offer or Answer; putSDP takes
+// it back (the parse is garbage the moment the rewrite is done).
+func (r *Relay) getSDP() *parsedSDP {
+	if p, ok := r.sdps.Get().(*parsedSDP); ok {
+		return p
+	}
+	return new(parsedSDP)
+}
+
+func (r *Relay) putSDP(p *parsedSDP) {
+	*p = parsedSDP{} // lets go of the caller's SDP
+	r.sdps.Put(p)
 }
 
 // callFor returns the call, creating it with fromTag as its first leg.

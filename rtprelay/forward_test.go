@@ -86,7 +86,7 @@ func mediaPort(t testing.TB, sdp []byte) int {
 	if p.media[0].addr != loopback {
 		t.Fatalf("relay SDP c= %v, want %v", p.media[0].addr, loopback)
 	}
-	return p.media[0].port
+	return int(p.media[0].port)
 }
 
 func rtpPacket(seq uint16, ts, ssrc uint32) []byte {

@@ -141,6 +141,7 @@ type Relay struct {
 	pool  *pool
 	eng   engine
 	epoch time.Time
+	sdps  sync.Pool // of zeroed *parsedSDP, for Offer and Answer
 
 	mu     sync.Mutex
 	calls  map[string]*call

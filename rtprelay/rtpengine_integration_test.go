@@ -71,7 +71,7 @@ func sdpMedia(t *testing.T, e *testenv.Rtpengine, sdp []byte) netip.AddrPort {
 		t.Fatalf("rtpengine SDP %q: %v", sdp, err)
 	}
 	m := p.media[0]
-	if m.port < e.PortMin || m.port > e.PortMax || m.addr != loopback {
+	if int(m.port) < e.PortMin || int(m.port) > e.PortMax || m.addr != loopback {
 		t.Errorf("rtpengine SDP media at %v:%d, want 127.0.0.1 and a port in %d..%d\n%s", m.addr, m.port, e.PortMin, e.PortMax, sdp)
 	}
 	for _, bad := range []string{"a=candidate", "a=ice-ufrag", "a=ice-pwd"} {

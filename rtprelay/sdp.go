@@ -45,15 +45,16 @@ func parseDirection(key string) (direction, bool) {
 // mediaInfo is what the relay needs to know about one m-line.
 type mediaInfo struct {
 	kind     string // audio, video, image, ...
-	port     int    // 0: declined
-	anchored bool   // the relay carries this stream (UDP transport, port != 0)
 	addr     netip.Addr
-	hold     bool // c=0.0.0.0 (or ::)
-	rtcpPort int  // from a=rtcp; 0 when absent
 	rtcpAddr netip.Addr
+	port     int32  // 0: declined
+	rtcpPort int32  // from a=rtcp; 0 when absent
+	clock    uint32 // RTP clock rate of the first format, 0 when unknown
+	anchored bool   // the relay carries this stream (UDP transport, port != 0)
+	hold     bool   // c=0.0.0.0 (or ::)
 	mux      bool
 	dir      direction
-	clock    uint32 // RTP clock rate of the first format, 0 when unknown
+	hasConn  bool // the m-line has its own c= (canonical path only)
 }
 
 // active reports whether media is expected to flow from and to this side.
@@ -74,11 +75,14 @@ type rewritePlan struct {
 	media   []mediaPlan
 }
 
-// parsedSDP is a parsed session description; exactly one of pion and lines is set.
+// parsedSDP is a parsed session description; exactly one of canon, pion
+// and lines is set.
 type parsedSDP struct {
-	media []mediaInfo
-	pion  *sdp.SessionDescription
-	lines []sdpLine
+	media    []mediaInfo
+	mediaBuf [2]mediaInfo // media's array for up to two m-lines (canonical path)
+	canon    string       // the input, canonical SDP (sdp_canonical.go); refers to the caller's buffer
+	pion     *sdp.SessionDescription
+	lines    []sdpLine
 }
 
 type sdpLine struct {
@@ -86,20 +90,45 @@ type sdpLine struct {
 	val string
 }
 
-// parseSDP parses b with pion/sdp and, when pion rejects it, with a
-// tolerant line-based parser. Errors wrap ErrBadSDP.
+// parseSDP parses b: canonical SDP in one pass (parseCanonical), other SDP
+// with pion/sdp and, when pion rejects it, with a tolerant line-based
+// parser. Errors wrap ErrBadSDP. The result may refer to b, which must not
+// change while it is used.
 func parseSDP(b []byte) (*parsedSDP, error) {
+	p := new(parsedSDP)
+	if err := p.parse(b); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// parse is parseSDP into p, which must be zero (Relay.sdps hands out
+// such parsedSDPs).
+func (p *parsedSDP) parse(b []byte) error {
 	if len(b) > maxSDP {
-		return nil, fmt.Errorf("%w: %d bytes, more than %d", ErrBadSDP, len(b), maxSDP)
+		return fmt.Errorf("%w: %d bytes, more than %d", ErrBadSDP, len(b), maxSDP)
 	}
 	if !bytes.HasPrefix(bytes.TrimLeft(b, " \t\r\n"), []byte("v=")) {
-		return nil, fmt.Errorf("%w: does not start with v=", ErrBadSDP)
+		return fmt.Errorf("%w: does not start with v=", ErrBadSDP)
 	}
 	for i, c := range b {
 		if c == '\r' && (i+1 == len(b) || b[i+1] != '\n') || c == 0 {
-			return nil, fmt.Errorf("%w: bare CR or NUL at byte %d", ErrBadSDP, i)
+			return fmt.Errorf("%w: bare CR or NUL at byte %d", ErrBadSDP, i)
 		}
 	}
+	if p.parseCanonical(b) {
+		return nil
+	}
+	q, err := parseNonCanonical(b)
+	if err != nil {
+		return err
+	}
+	*p = *q
+	return nil
+}
+
+// parseNonCanonical is parseSDP without the canonical path.
+func parseNonCanonical(b []byte) (*parsedSDP, error) {
 	var sd sdp.SessionDescription
 	if err := sd.Unmarshal(b); err == nil {
 		if p, err := fromPion(&sd); err == nil {
@@ -112,9 +141,9 @@ func parseSDP(b []byte) (*parsedSDP, error) {
 // ----- shared helpers -----
 
 func parseConn(v string) (addr netip.Addr, unspecified bool, err error) {
-	f := strings.Fields(v)
-	if len(f) < 3 || f[0] != "IN" {
-		if len(f) >= 2 && f[0] == "IN" {
+	var f [3]string
+	if n := fields(v, f[:]); n < 3 || f[0] != "IN" {
+		if n >= 2 && f[0] == "IN" {
 			return netip.Addr{}, false, nil
 		}
 		return netip.Addr{}, false, fmt.Errorf("%w: c=%s", ErrBadSDP, v)
@@ -130,15 +159,16 @@ func parseConn(v string) (addr netip.Addr, unspecified bool, err error) {
 
 // parseRTCPAttr parses the value of a=rtcp: "port [IN IP4 addr]".
 func parseRTCPAttr(v string) (port int, addr netip.Addr, hasAddr bool) {
-	f := strings.Fields(v)
-	if len(f) == 0 {
+	var f [4]string
+	n := fields(v, f[:])
+	if n == 0 {
 		return 0, netip.Addr{}, false
 	}
 	p, err := strconv.Atoi(f[0])
 	if err != nil || p < 0 || p > 65535 {
 		return 0, netip.Addr{}, false
 	}
-	if len(f) >= 4 {
+	if n >= 4 {
 		a, err := netip.ParseAddr(f[3])
 		if err == nil {
 			addr = a.Unmap()
@@ -250,10 +280,11 @@ func fromPion(sd *sdp.SessionDescription) (*parsedSDP, error) {
 		}
 	}
 	for _, md := range sd.MediaDescriptions {
-		mi := mediaInfo{kind: md.MediaName.Media, port: md.MediaName.Port.Value, addr: sessAddr, hold: sessHold, dir: sessDir}
-		if mi.port < 0 || mi.port > 65535 {
-			return nil, fmt.Errorf("%w: m= port %d", ErrBadSDP, mi.port)
+		port := md.MediaName.Port.Value
+		if port < 0 || port > 65535 {
+			return nil, fmt.Errorf("%w: m= port %d", ErrBadSDP, port)
 		}
+		mi := mediaInfo{kind: md.MediaName.Media, port: int32(port), addr: sessAddr, hold: sessHold, dir: sessDir}
 		mi.anchored = mi.port != 0 && udpTransport(strings.Join(md.MediaName.Protos, "/"))
 		if c := md.ConnectionInformation; c != nil {
 			a, h, err := parseConn(c.String())
@@ -284,7 +315,9 @@ func (mi *mediaInfo) attr(key, val, first string) {
 	case "rtcp-mux":
 		mi.mux = true
 	case "rtcp":
-		mi.rtcpPort, mi.rtcpAddr, _ = parseRTCPAttr(val)
+		var port int
+		port, mi.rtcpAddr, _ = parseRTCPAttr(val)
+		mi.rtcpPort = int32(port) // 0..65535
 	case "rtpmap":
 		if c, ok := rtpmapClock(val, first); ok {
 			mi.clock = c
@@ -396,7 +429,7 @@ func parseLines(b []byte) (*parsedSDP, error) {
 			if !ok {
 				return nil, fmt.Errorf("%w: m=%.40s", ErrBadSDP, l.val)
 			}
-			p.media = append(p.media, mediaInfo{kind: f[0], port: port, anchored: port != 0 && udpTransport(f[2]),
+			p.media = append(p.media, mediaInfo{kind: f[0], port: int32(port), anchored: port != 0 && udpTransport(f[2]),
 				addr: sessAddr, hold: sessHold, dir: sessDir})
 			cur = &p.media[len(p.media)-1]
 			first = ""
@@ -535,7 +568,10 @@ func (p *parsedSDP) rewrite(plan *rewritePlan) ([]byte, error) {
 	if len(plan.media) != len(p.media) {
 		return nil, fmt.Errorf("rtprelay: internal: plan for %d streams, SDP has %d", len(plan.media), len(p.media))
 	}
-	if p.pion != nil {
+	switch {
+	case p.canon != "":
+		return p.rewriteCanonical(plan), nil
+	case p.pion != nil:
 		return p.rewritePion(plan)
 	}
 	return p.rewriteLines(plan), nil

@@ -61,13 +61,17 @@ func TestRewriteGolden(t *testing.T) {
 			if !bytes.Equal(got, want) {
 				t.Errorf("rewrite(%s) =\n%s\nwant\n%s", f, got, want)
 			}
-			// Whatever path rewrote it, the output must be SDP pion accepts,
-			// and the line-based fallback must agree with pion.
+			// Whatever path rewrote it, the output must be SDP pion accepts;
+			// the pion path must agree with the canonical one, and the
+			// line-based fallback with both.
 			var sd sdp.SessionDescription
 			if err := sd.Unmarshal(got); err != nil {
 				t.Errorf("pion rejects our output: %v", err)
 			}
-			if p.pion != nil {
+			if p.canon != "" {
+				checkCanonical(t, in)
+			}
+			if p.canon != "" || p.pion != nil {
 				lp, err := parseLines(in)
 				if err != nil {
 					t.Fatalf("parseLines: %v", err)
@@ -96,8 +100,8 @@ func TestParseSDPRules(t *testing.T) {
 	t.Run("basic", func(t *testing.T) {
 		p := read("basic")
 		m := p.media[0]
-		if p.pion == nil || m.port != 49170 || !m.anchored || m.addr != netip.MustParseAddr("192.0.2.10") || m.clock != 8000 || !m.active() {
-			t.Errorf("basic = %+v (pion %v)", m, p.pion != nil)
+		if p.canon == "" || m.port != 49170 || !m.anchored || m.addr != netip.MustParseAddr("192.0.2.10") || m.clock != 8000 || !m.active() {
+			t.Errorf("basic = %+v (canonical %v)", m, p.canon != "")
 		}
 	})
 	t.Run("hold", func(t *testing.T) {
@@ -124,7 +128,7 @@ func TestParseSDPRules(t *testing.T) {
 	})
 	t.Run("fallback", func(t *testing.T) {
 		p := read("sloppy-lf")
-		if p.pion != nil {
+		if p.pion != nil || p.canon != "" {
 			t.Fatal("pion accepted sloppy-lf.sdp; the test needs an SDP it rejects")
 		}
 		if m := p.media[0]; m.addr != netip.MustParseAddr("192.0.2.60") || m.rtcpPort != 7079 || m.port != 7078 {
@@ -200,12 +204,113 @@ func FuzzRewriteSDP(f *testing.F) {
 		allAnchored := true
 		for i, m := range q.media {
 			allAnchored = allAnchored && p.media[i].anchored
-			if p.media[i].anchored && m.port != 30000+4*i {
+			if p.media[i].anchored && int(m.port) != 30000+4*i {
 				t.Fatalf("m-line %d port %d, want %d\n%q", i, m.port, 30000+4*i, out)
 			}
 		}
 		if allAnchored && (bytes.Contains(out, []byte("\na=candidate:")) || bytes.Contains(out, []byte("\na=ice-pwd:"))) {
 			t.Fatalf("ICE attribute survived:\n%q", out)
 		}
+	})
+}
+
+// checkCanonical fails t unless in, which parseSDP took on the canonical
+// path, parses on the pion path to the same streams and rewrites to the
+// same bytes, for a plan anchoring every stream it can and for one
+// anchoring none.
+func checkCanonical(t *testing.T, in []byte) {
+	t.Helper()
+	p, err := parseSDP(in)
+	if err != nil || p.canon == "" {
+		t.Fatalf("parseSDP(%q): canonical %v, err %v", in, p != nil && p.canon != "", err)
+	}
+	q, err := parseNonCanonical(in)
+	if err != nil {
+		t.Fatalf("canonical SDP the other paths reject: %v\n%q", err, in)
+	}
+	if q.pion == nil {
+		t.Fatalf("canonical SDP pion rejects:\n%q", in)
+	}
+	if len(p.media) != len(q.media) {
+		t.Fatalf("canonical path: %d m-lines, pion %d\n%q", len(p.media), len(q.media), in)
+	}
+	for i := range p.media {
+		a, b := p.media[i], q.media[i]
+		a.hasConn = false
+		if a != b {
+			t.Fatalf("m-line %d: canonical %+v, pion %+v\n%q", i, a, b, in)
+		}
+	}
+	for _, plan := range []func(*parsedSDP) *rewritePlan{testPlan, func(p *parsedSDP) *rewritePlan {
+		return &rewritePlan{addr: netip.MustParseAddr("2001:db8::7"), sessID: 9, sessVer: 3, media: make([]mediaPlan, len(p.media))}
+	}} {
+		got, err := p.rewrite(plan(p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		q, _ := parseNonCanonical(in) // rewritePion changes what it rewrites
+		want, err := q.rewrite(plan(q))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("canonical rewrite of\n%q\n=\n%q\npion's\n%q", in, got, want)
+		}
+	}
+}
+
+// TestCanonicalDeclines: SDP pion would render differently from how it
+// reads, or would reject, must not take the canonical path.
+func TestCanonicalDeclines(t *testing.T) {
+	base := "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n"
+	for _, in := range []string{
+		strings.ReplaceAll(base+"m=audio 4000 RTP/AVP 0\r\n", "\r\n", "\n"),
+		base + "m=audio 4000  RTP/AVP 0\r\n",
+		base + "m=audio 4000 RTP/AVP 0 \r\n",
+		base + "m=audio 4000 RTP/AVP\r\n",
+		base + "m=audio 04000 RTP/AVP 0\r\n",
+		base + "m=audio 4000/2/3 RTP/AVP 0\r\n",
+		base + "m=audio 4000\tRTP/AVP 0\r\n",
+		base + "m=image 4000 udptl t38\r\n",
+		base + "m=audio 4000 RTP/AVP 0\r\na=sendrecv:\r\n",
+		base + "m=audio 4000 RTP/AVP 0\r\na=ptime:20\r\nc=IN IP4 192.0.2.2\r\n",
+		base + "m=audio 4000 RTP/AVP 0\r\nb=AS:064\r\n",
+		base + "m=audio 4000 RTP/AVP 0\r\nk=prompt\r\n",
+		base + "m=audio 4000 RTP/AVP 0",
+		strings.Replace(base, "t=0 0", "t=00 0", 1),
+		strings.Replace(base, "s=-\r\n", "s=-\r\nu=http://x/\r\n", 1),
+		strings.Replace(base, "s=-\r\n", "", 1),
+		strings.Replace(base, "v=0", "v=00", 1),
+		strings.Replace(base, "t=0 0\r\n", "", 1) + "m=audio 4000 RTP/AVP 0\r\n",
+		strings.Replace(base, "c=IN IP4 192.0.2.1\r\nt=0 0\r\n", "t=0 0\r\nc=IN IP4 192.0.2.1\r\n", 1),
+		strings.Replace(base, "o=- 1 1 IN IP4 192.0.2.1", "o=- 1 1 IN IP4", 1),
+	} {
+		if new(parsedSDP).parseCanonical([]byte(in)) {
+			t.Errorf("parseCanonical(%q) took it", in)
+		}
+	}
+	if !new(parsedSDP).parseCanonical([]byte(base + "m=audio 4000 RTP/AVP 0\r\n")) {
+		t.Error("parseCanonical declined the base case")
+	}
+}
+
+// FuzzCanonicalSDP: whatever the canonical path takes, pion takes, to the
+// same streams and the same rewritten bytes.
+func FuzzCanonicalSDP(f *testing.F) {
+	files, _ := filepath.Glob("testdata/*.sdp")
+	for _, file := range files {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Add([]byte("v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\nm=audio 0 RTP/AVP 0\r\ni=x\r\na=rtcp\r\nm=video 5/2 RTP/AVP 96\r\nc=IN IP4 192.0.2.2\r\nb=AS:1\r\na=rtcp:9 IN IP4 0.0.0.0\r\n"))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		p, err := parseSDP(in)
+		if err != nil || p.canon == "" {
+			return
+		}
+		checkCanonical(t, in)
 	})
 }
