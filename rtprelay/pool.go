@@ -47,18 +47,28 @@ type pair struct {
 // peer is still sending; the kernel now answers it with port-unreachable)
 // and quarantined again, cold. Warm pairs nobody asked for are closed by
 // the sweep one quarantine after theirs ended, so a finished peak does not
-// keep descriptors open. At most warmMax pairs are warm: past it a freed
-// pair is closed and quarantined cold.
+// keep descriptors open.
+//
+// Warm sockets only use descriptors calls do not need: the pool keeps at
+// most fdBudget descriptors bound (three quarters of the open-file limit,
+// fdBudget()), counting the pairs calls hold. A freed pair past it is
+// closed; a call that needs a cold pair while the pool is at its budget
+// (or when binding runs out of descriptors) first closes the most
+// recently freed warm pair, the one furthest from reuse. At high call
+// rates the quarantine holds more pairs than the process may keep open (4
+// descriptors per call x calls/s x rtp.quarantine), so the budget decides
+// how many calls skip binding: warm pairs / quarantine per second.
 type pool struct {
 	listen     netip.Addr
 	min        int
 	quarantine time.Duration
 	inUse      prometheus.Gauge
 	raw        bool
-	warmMax    int // most pairs kept warm (warmBudget)
+	fdBudget   int // most descriptors kept bound, held pairs included (fdBudget())
 
 	mu    sync.Mutex
 	pairs []pair
+	busy  int // pairs handed out and not yet put back
 	cold  ring
 	warm  ring
 	// warm[0:checked] were drained at mid-quarantine.
@@ -86,13 +96,19 @@ func (r *ring) pop() int {
 	return int(i)
 }
 
+// popBack takes the most recently pushed index.
+func (r *ring) popBack() int {
+	r.count--
+	return int(r.buf[(r.head+r.count)%len(r.buf)])
+}
+
 func newPool(listen netip.Addr, portMin, portMax int, quarantine time.Duration, inUse prometheus.Gauge, raw bool) *pool {
 	n := (portMax - portMin + 1) / 2
 	p := &pool{listen: listen, min: portMin, quarantine: quarantine, inUse: inUse, raw: raw && rawSupported,
 		pairs: make([]pair, n), cold: ring{buf: make([]int32, n)}}
 	if p.raw {
 		p.warm = ring{buf: make([]int32, n)}
-		p.warmMax = warmBudget()
+		p.fdBudget = fdBudget()
 	}
 	start := rand.IntN(n)
 	for i := range n {
@@ -128,6 +144,7 @@ func (p *pool) get() (*pair, error) {
 			p.cold.push(pr.idx)
 			continue
 		}
+		p.busy++
 		p.inUse.Add(2)
 		return pr, nil
 	}
@@ -137,6 +154,9 @@ func (p *pool) get() (*pair, error) {
 		if !pr.freed.IsZero() && now.Sub(pr.freed) < p.quarantine {
 			break // everything behind it was freed later still
 		}
+		for p.warm.count > 0 && 2*(p.busy+p.warm.count+1) > p.fdBudget {
+			p.coolNewest()
+		}
 		p.cold.pop()
 		if err := p.bind(pr); err != nil {
 			// Not quarantined anew (nothing of a call can arrive on a port
@@ -144,10 +164,16 @@ func (p *pool) get() (*pair, error) {
 			lastErr = err
 			p.cold.push(pr.idx)
 			if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) || errors.Is(err, syscall.ENOBUFS) {
+				if p.warm.count > 0 {
+					p.coolNewest() // a call needs the descriptors more
+					tries++
+					continue
+				}
 				break // out of descriptors: every other pair fails the same way
 			}
 			continue
 		}
+		p.busy++
 		p.inUse.Add(2)
 		return pr, nil
 	}
@@ -186,6 +212,15 @@ func (p *pool) bind(pr *pair) error {
 	return nil
 }
 
+// coolNewest closes the most recently freed warm pair; its quarantine
+// goes on, cold.
+func (p *pool) coolNewest() {
+	pr := &p.pairs[p.warm.popBack()]
+	p.checked = min(p.checked, p.warm.count)
+	p.unbindLocked(pr)
+	p.cold.push(pr.idx)
+}
+
 func (p *pool) unbindLocked(pr *pair) {
 	if pr.rtpFD >= 0 {
 		closeFD(pr.rtpFD)
@@ -206,9 +241,10 @@ func (p *pool) put(pr *pair) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.inUse.Sub(2)
+	p.busy--
 	pr.freed = time.Now()
 	pr.rtp, pr.rtcp = nil, nil
-	if p.raw && !p.closed && p.warm.count < p.warmMax {
+	if p.raw && !p.closed && 2*(p.busy+p.warm.count+1) <= p.fdBudget {
 		p.warm.push(pr.idx)
 		return
 	}

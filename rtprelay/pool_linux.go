@@ -12,19 +12,16 @@ import (
 // rawSupported: pools can bind raw non-blocking sockets for the epoll engine.
 const rawSupported = true
 
-// warmBudget is how many freed pairs a raw pool keeps bound (two
-// descriptors each): an eighth of the open-file limit, a quarter of the
-// descriptors. Past it a freed pair is closed as before. At high call
-// rates the quarantine holds more pairs than the process may keep open
-// (4 ports per call x calls/s x (call length + rtp.quarantine)), and
-// descriptors spent on warm sockets would starve new calls and SIP
-// connections (EMFILE).
-func warmBudget() int {
+// fdBudget is how many descriptors a raw pool keeps bound, the pairs
+// calls hold included: three quarters of the open-file limit, the rest
+// left to SIP connections and everything else. Warm pairs use what calls
+// do not (see pool).
+func fdBudget() int {
 	var rl unix.Rlimit
 	if unix.Getrlimit(unix.RLIMIT_NOFILE, &rl) != nil {
 		return 0
 	}
-	return int(min(rl.Cur/8, 1<<20))
+	return int(min(rl.Cur/4*3, 1<<22))
 }
 
 // bindRaw binds a non-blocking UDP socket to ap, outside the Go runtime's

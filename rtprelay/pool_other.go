@@ -14,7 +14,7 @@ func bindRaw(netip.AddrPort) (int32, error) {
 	return -1, errors.New("rtprelay: raw sockets need Linux")
 }
 
-func warmBudget() int { return 0 }
+func fdBudget() int { return 0 }
 
 func closeFD(int32) {}
 

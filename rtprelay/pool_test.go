@@ -199,38 +199,54 @@ func TestReuseDropsLateDatagrams(t *testing.T) {
 	}
 }
 
-// Past its warm budget a raw pool closes freed pairs (descriptors are
-// limited: at high call rates the quarantine holds more pairs than the
+// A raw pool keeps at most fdBudget descriptors bound, the pairs calls
+// hold included: a freed pair past it is closed, and a call that needs a
+// cold pair at the budget closes the newest warm pair first (descriptors
+// are limited: at high call rates the quarantine holds more pairs than the
 // process may keep open).
 func TestPoolWarmBudget(t *testing.T) {
 	if !rawSupported {
 		t.Skip("raw sockets need Linux")
 	}
-	if warmBudget() < 1 {
-		t.Fatalf("warmBudget() = %d with the test's open-file limit, want at least 1", warmBudget())
+	if fdBudget() < 8 {
+		t.Fatalf("fdBudget() = %d with the test's open-file limit, want at least 8", fdBudget())
 	}
-	min, max := freeRange(t, 8)
+	min, max := freeRange(t, 12)
 	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "g"})
 	p := newPool(loopback, min, max, time.Minute, g, true)
 	defer p.close()
-	p.warmMax = 1
-	a, err := p.get()
+	p.fdBudget = 6 // three pairs
+	var held [4]*pair
+	for i := range held {
+		pr, err := p.get()
+		if err != nil {
+			t.Fatal(err)
+		}
+		held[i] = pr
+	}
+	a, b := held[0], held[1]
+	p.put(a) // 3 pairs still held: no room
+	p.put(b) // 2 held: room for one warm pair
+	if bound(t, a.port) || bound(t, a.port+1) || a.rtpFD != -1 {
+		t.Errorf("pair %d freed while 3 pairs of a budget of 3 were held: kept bound", a.port)
+	}
+	if !bound(t, b.port) || !bound(t, b.port+1) {
+		t.Errorf("pair %d freed while 2 pairs of a budget of 3 were held: not kept warm", b.port)
+	}
+	if p.warm.count != 1 {
+		t.Fatalf("%d warm pairs, want 1", p.warm.count)
+	}
+	e, err := p.get() // b is in quarantine: a cold pair, and no room for b any more
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := p.get()
-	if err != nil {
-		t.Fatal(err)
+	if !bound(t, e.port) || e == b {
+		t.Errorf("get() = pair %d (bound %v), want a newly bound cold pair", e.port, bound(t, e.port))
 	}
-	p.put(a)
-	p.put(b)
-	if !bound(t, a.port) || !bound(t, a.port+1) {
-		t.Errorf("first freed pair %d not kept warm", a.port)
+	if bound(t, b.port) || b.rtpFD != -1 || p.warm.count != 0 {
+		t.Errorf("warm pair %d still bound (%d warm) after a call needed its descriptors", b.port, p.warm.count)
 	}
-	if bound(t, b.port) || bound(t, b.port+1) || b.rtpFD != -1 {
-		t.Errorf("second freed pair %d kept bound past the warm budget of 1", b.port)
-	}
-	if p.warm.count != 1 || p.cold.count != len(p.pairs)-1 {
-		t.Errorf("warm %d, cold %d of %d pairs; want 1 warm", p.warm.count, p.cold.count, len(p.pairs))
+	if p.busy != 3 {
+		t.Errorf("busy = %d, want 3", p.busy)
 	}
 }
