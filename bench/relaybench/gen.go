@@ -8,11 +8,12 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 	"unsafe"
 
@@ -27,14 +28,30 @@ import (
 // read, packet path and write plus two loopback hops, without the
 // generator's own receive scheduling.
 //
-// The generator has one core, and a socket and a goroutine per phone cost
-// it more than the relay spends per packet (it topped out near 60,000
-// packets/s with no relay at all). So the phones share a few sockets
-// ("lanes", each phone's SDP names its lane's address): packets leave in
-// sendmmsg batches and arrive in recvmmsg batches. The relay sees what it
-// would see from real phones: every relay socket receives 50 packets/s from
-// one source and sends to one destination; only the destinations' ports
-// repeat.
+// The generator has one core and must cost less per packet than the relay
+// it measures (a socket and a goroutine per phone topped out near 60,000
+// packets/s with no relay at all; 16 shared sockets, each read by its own
+// goroutine woken by the runtime's netpoller, at ~85,000 with a relay:
+// the relay's packets arrive a few at a time, and every arrival woke a
+// receiver). So:
+//
+//   - The phones share a few sockets ("lanes", each phone's SDP names its
+//     lane's address), assigned in blocks of the send schedule, so the
+//     phones due together leave in one sendmmsg. The relay still sees what
+//     it would see from real phones: every relay socket receives 50
+//     packets/s from one source and sends to one destination; only the
+//     destinations' ports repeat.
+//   - One goroutine does everything on a tick (a periodic timerfd in the
+//     runtime's netpoller, -tick, 100 µs): it sends what is due, then reads
+//     every lane with packets (an epoll set of its own, polled without
+//     waiting) in recvmmsg batches. The lanes are raw non-blocking sockets
+//     outside the runtime's netpoller, so an arrival wakes nobody. Reading
+//     late does not change the latency: the kernel stamps a packet when it
+//     arrives.
+//   - Packets are stamped just before their sendmmsg, which sends at most
+//     sendChunk: a packet's stamp is early by the kernel time of the
+//     messages before it in that call (5–8 µs each on the development VM;
+//     `direct` shows the harness's own floor).
 
 const (
 	ptime   = 20 * time.Millisecond
@@ -44,7 +61,8 @@ const (
 	offStamp = 12 // int64 send time, ns since the Unix epoch
 	offPhase = 20 // phase the packet was sent in
 
-	batch = 32 // messages per sendmmsg/recvmmsg
+	batch     = 32 // messages per recvmmsg, and queued per lane for sending
+	sendChunk = 4  // messages per sendmmsg: a packet's stamp is early by the kernel time of the ones before it in its call
 
 	lateAfter = 5 * time.Millisecond // a send this far behind schedule counts as late
 )
@@ -56,38 +74,40 @@ const (
 	phaseDone
 )
 
-// lane is one generator socket shared by many phones.
+// lane is one generator socket shared by many phones: a raw non-blocking
+// descriptor, not in the runtime's netpoller.
 type lane struct {
-	conn *net.UDPConn
-	raw  syscall.RawConn
+	fd   int
 	addr netip.AddrPort
 }
 
 func newLane() (*lane, error) {
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("relaybench: socket: %w", err)
 	}
-	raw, err := c.SyscallConn()
-	if err == nil {
-		var serr error
-		err = raw.Control(func(fd uintptr) {
-			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1)
-			if serr == nil {
-				// Room for bursts while the generator's core is busy sending.
-				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
-				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF, 4<<20)
-			}
-		})
-		if err == nil {
-			err = serr
-		}
+	if err = unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("relaybench: bind: %w", err)
 	}
-	if err != nil {
-		c.Close()
+	if err = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1); err != nil {
+		unix.Close(fd)
 		return nil, fmt.Errorf("relaybench: SO_TIMESTAMPNS: %w", err)
 	}
-	return &lane{conn: c, raw: raw, addr: c.LocalAddr().(*net.UDPAddr).AddrPort()}, nil
+	// Room for bursts while the generator's core is busy elsewhere.
+	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
+	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 4<<20)
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("relaybench: getsockname: %w", err)
+	}
+	in4, ok := sa.(*unix.SockaddrInet4)
+	if !ok {
+		unix.Close(fd)
+		return nil, fmt.Errorf("relaybench: lane bound to %v", sa)
+	}
+	return &lane{fd: fd, addr: netip.AddrPortFrom(netip.AddrFrom4(in4.Addr), uint16(in4.Port))}, nil
 }
 
 // phone is one end of a call; it sends through its lane.
@@ -209,90 +229,226 @@ type generator struct {
 	phones []*phone // a call is phones 2i (caller) and 2i+1 (callee)
 	phase  atomic.Uint32
 	st     *stats
+	tick   time.Duration
+	epfd   int      // the lanes, level-triggered; the event's Fd is the lane's index
+	timer  *os.File // a timerfd, in the runtime's netpoller
 	wg     sync.WaitGroup
+
+	// Owned by the loop.
+	queue []pending // per lane: messages waiting for sendmmsg
+	rx    receiver
 }
 
-// newGenerator opens nlanes sockets and makes 2*calls phones on them.
-func newGenerator(calls, nlanes int) (*generator, error) {
-	g := &generator{st: newStats()}
-	for range max(1, min(nlanes, calls)) {
-		l, err := newLane()
+// pending is a lane's messages for its next sendmmsg.
+type pending struct {
+	hdrs [batch]unix.Mmsghdr
+	ps   [batch]*phone
+	n    int
+}
+
+// receiver holds the recvmmsg buffers.
+type receiver struct {
+	evs  []unix.EpollEvent
+	hdrs [batch]unix.Mmsghdr
+	iovs [batch]unix.Iovec
+	bufs [batch][256]byte
+	oobs [batch][64]byte
+}
+
+// newGenerator opens nlanes sockets and makes 2*calls phones on them; the
+// loop wakes every tick.
+func newGenerator(calls, nlanes int, tick time.Duration) (g *generator, err error) {
+	g = &generator{st: newStats(), tick: tick, epfd: -1}
+	defer func() {
 		if err != nil {
 			g.close()
+		}
+	}()
+	if g.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
+		return nil, fmt.Errorf("relaybench: epoll_create1: %w", err)
+	}
+	tfd, err := unix.TimerfdCreate(unix.CLOCK_MONOTONIC, unix.TFD_CLOEXEC|unix.TFD_NONBLOCK)
+	if err != nil {
+		return nil, fmt.Errorf("relaybench: timerfd: %w", err)
+	}
+	g.timer = os.NewFile(uintptr(tfd), "relaybench-tick") // non-blocking: in the netpoller
+	for i := range max(1, min(nlanes, calls)) {
+		l, err := newLane()
+		if err != nil {
 			return nil, err
 		}
 		g.lanes = append(g.lanes, l)
+		if err := unix.EpollCtl(g.epfd, unix.EPOLL_CTL_ADD, l.fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(i)}); err != nil {
+			return nil, fmt.Errorf("relaybench: epoll_ctl: %w", err)
+		}
 	}
+	// Lanes in blocks of the send schedule (phone order), a call's two
+	// phones next to each other: the phones due in one tick mostly share a
+	// lane and leave in one sendmmsg, and their peers' packets come back to
+	// it together.
+	nl := len(g.lanes)
 	for i := range 2 * calls {
-		li := (i / 2) % len(g.lanes)
+		li := (i / 2) * nl / calls
 		g.phones = append(g.phones, newPhone(g.lanes[li], li, uint32(i+1)))
+	}
+	g.queue = make([]pending, nl)
+	g.rx.evs = make([]unix.EpollEvent, nl)
+	for i := range g.rx.hdrs {
+		g.rx.iovs[i].Base = &g.rx.bufs[i][0]
+		g.rx.iovs[i].SetLen(len(g.rx.bufs[i]))
+		g.rx.hdrs[i].Hdr.Iov = &g.rx.iovs[i]
+		g.rx.hdrs[i].Hdr.SetIovlen(1)
+		g.rx.hdrs[i].Hdr.Control = &g.rx.oobs[i][0]
 	}
 	return g, nil
 }
 
-// start begins receiving on every lane and sending until ctx ends.
+// start sends and receives every tick until ctx ends.
 func (g *generator) start(ctx context.Context) {
-	for _, l := range g.lanes {
-		g.wg.Go(func() { g.receive(l) })
-	}
-	g.wg.Go(func() { g.send(ctx) })
+	g.wg.Go(func() { g.loop(ctx) })
 }
 
-// close closes the lanes (ending the receivers) and waits for the sender,
-// which stops when the ctx given to start ends.
+// close waits for the loop, which stops when the ctx given to start ends,
+// and closes the sockets.
 func (g *generator) close() {
-	for _, l := range g.lanes {
-		l.conn.Close()
+	if g.timer != nil {
+		g.timer.Close() // a loop still waiting for the tick returns
 	}
 	g.wg.Wait()
+	for _, l := range g.lanes {
+		unix.Close(l.fd)
+	}
+	if g.epfd >= 0 {
+		unix.Close(g.epfd)
+	}
 }
 
-// receive reads the lane in recvmmsg batches until it is closed.
-func (g *generator) receive(l *lane) {
-	var (
-		hdrs [batch]unix.Mmsghdr
-		iovs [batch]unix.Iovec
-		bufs [batch][2048]byte
-		oobs [batch][64]byte
-	)
-	for i := range hdrs {
-		iovs[i].Base = &bufs[i][0]
-		iovs[i].SetLen(len(bufs[i]))
-		hdrs[i].Hdr.Iov = &iovs[i]
-		hdrs[i].Hdr.SetIovlen(1)
-		hdrs[i].Hdr.Control = &oobs[i][0]
+// loop paces every phone at one packet per ptime, the phones spread evenly
+// over the period: each tick it sends what is due, per lane in sendmmsg
+// batches, then reads what arrived.
+func (g *generator) loop(ctx context.Context) {
+	ps := g.phones
+	tick := unix.NsecToTimespec(int64(g.tick))
+	if err := unix.TimerfdSettime(int(g.timer.Fd()), 0, &unix.ItimerSpec{Interval: tick, Value: tick}, nil); err != nil {
+		return
 	}
-	for {
-		var n int
-		err := l.raw.Read(func(fd uintptr) bool {
-			for i := range hdrs {
-				hdrs[i].Hdr.SetControllen(len(oobs[i]))
-				hdrs[i].Hdr.Flags = 0
+	step := ptime / time.Duration(max(1, len(ps)))
+	t0 := time.Now()
+	var cycle int64
+	i := 0
+	var exp [8]byte
+	for ctx.Err() == nil {
+		now := time.Now()
+		measuring := g.phase.Load() == phaseMeasure
+		// At most one packet per phone before reading: a generator starved
+		// of its core catches up a period at a time, receiving in between.
+		for range len(ps) {
+			due := t0.Add(time.Duration(cycle)*ptime + time.Duration(i)*step)
+			if due.After(now) {
+				break
 			}
-			r, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&hdrs[0])), batch, unix.MSG_DONTWAIT, 0, 0)
-			if errno == unix.EAGAIN || errno == unix.EINTR {
-				return false // wait for the poller
+			if measuring && now.Sub(due) > lateAfter {
+				g.st.late.Add(1)
 			}
-			if errno == 0 {
-				n = int(r)
+			p := ps[i]
+			p.seq++
+			binary.BigEndian.PutUint16(p.pkt[2:], p.seq)
+			binary.BigEndian.PutUint32(p.pkt[4:], uint32(p.seq)*160)
+			q := &g.queue[p.li]
+			h := &q.hdrs[q.n]
+			h.Hdr.Name = (*byte)(unsafe.Pointer(&p.sa))
+			h.Hdr.Namelen = unix.SizeofSockaddrInet4
+			h.Hdr.Iov = &p.iov
+			h.Hdr.SetIovlen(1)
+			q.ps[q.n] = p
+			if q.n++; q.n == batch {
+				g.flush(p.li)
 			}
-			return true
-		})
-		if err != nil {
+			if i++; i == len(ps) {
+				i, cycle = 0, cycle+1
+			}
+		}
+		for li := range g.queue {
+			if g.queue[li].n > 0 {
+				g.flush(li)
+			}
+		}
+		g.receive()
+		// Wait for the next tick; expirations missed while busy make it
+		// return at once (the sends above catch up).
+		if _, err := g.timer.Read(exp[:]); err != nil {
 			return // closed
 		}
-		now := time.Now().UnixNano()
-		for i := range n {
-			b := bufs[i][:hdrs[i].Len]
-			if len(b) != pktSize || b[offPhase] != byte(phaseMeasure) {
-				continue
+	}
+}
+
+// flush sends lane li's pending messages, sendChunk at a time, each chunk
+// stamped just before its sendmmsg.
+func (g *generator) flush(li int) {
+	q := &g.queue[li]
+	ph := g.phase.Load()
+	fd := uintptr(g.lanes[li].fd)
+	for off := 0; off < q.n; {
+		end := min(off+sendChunk, q.n)
+		stamp := uint64(time.Now().UnixNano())
+		for _, p := range q.ps[off:end] {
+			p.pkt[offPhase] = byte(ph)
+			binary.BigEndian.PutUint64(p.pkt[offStamp:], stamp)
+		}
+		r, _, errno := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&q.hdrs[off])), uintptr(end-off), unix.MSG_DONTWAIT, 0, 0)
+		switch errno {
+		case 0:
+		case unix.EAGAIN, unix.EINTR, unix.ENOBUFS:
+			runtime.Gosched() // a full send buffer (not seen on loopback): late, not lost
+			continue
+		default:
+			off++ // skip the message that failed (ECONNREFUSED from an earlier ICMP, ...); not counted as sent
+			continue
+		}
+		if ph == phaseMeasure {
+			g.st.sent.Add(uint64(r))
+		}
+		off += int(r)
+	}
+	clear(q.ps[:q.n])
+	q.n = 0
+}
+
+// receive reads every lane with packets queued, in recvmmsg batches, until
+// it is empty.
+func (g *generator) receive() {
+	rx := &g.rx
+	n, _, errno := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(g.epfd), uintptr(unsafe.Pointer(&rx.evs[0])), uintptr(len(rx.evs)), 0, 0, 0)
+	if errno != 0 {
+		return
+	}
+	for _, ev := range rx.evs[:n] {
+		fd := uintptr(g.lanes[ev.Fd].fd)
+		for {
+			for i := range rx.hdrs {
+				rx.hdrs[i].Hdr.SetControllen(len(rx.oobs[i]))
+				rx.hdrs[i].Hdr.Flags = 0
 			}
-			rx, ok := rxTimestamp(oobs[i][:hdrs[i].Hdr.Controllen])
-			if !ok {
-				rx = now
+			r, _, errno := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&rx.hdrs[0])), batch, unix.MSG_DONTWAIT, 0, 0)
+			if errno != 0 {
+				break // EAGAIN; ECONNREFUSED (reported once) from an ICMP: the next tick reads on
 			}
-			g.st.received.Add(1)
-			g.st.add(time.Duration(rx - int64(binary.BigEndian.Uint64(b[offStamp:]))))
+			now := time.Now().UnixNano()
+			for i := range int(r) {
+				b := rx.bufs[i][:rx.hdrs[i].Len]
+				if len(b) != pktSize || b[offPhase] != byte(phaseMeasure) {
+					continue
+				}
+				ts, ok := rxTimestamp(rx.oobs[i][:rx.hdrs[i].Hdr.Controllen])
+				if !ok {
+					ts = now
+				}
+				g.st.received.Add(1)
+				g.st.add(time.Duration(ts - int64(binary.BigEndian.Uint64(b[offStamp:]))))
+			}
+			if int(r) < batch {
+				break
+			}
 		}
 	}
 }
@@ -317,105 +473,6 @@ func rxTimestamp(oob []byte) (int64, bool) {
 		oob = oob[l:]
 	}
 	return 0, false
-}
-
-// send paces every phone at one packet per ptime, the phones spread evenly
-// over the period, until ctx ends. Each wakeup sends what is due, per lane
-// in sendmmsg batches; packets are stamped just before their batch leaves.
-func (g *generator) send(ctx context.Context) {
-	ps := g.phones
-	if len(ps) == 0 {
-		return
-	}
-	type pending struct {
-		hdrs [batch]unix.Mmsghdr
-		ps   [batch]*phone
-		n    int
-	}
-	queue := make([]pending, len(g.lanes))
-	flush := func(li int) {
-		q := &queue[li]
-		ph := g.phase.Load()
-		stamp := uint64(time.Now().UnixNano())
-		for i := range q.n {
-			b := q.ps[i].pkt
-			b[offPhase] = byte(ph)
-			binary.BigEndian.PutUint64(b[offStamp:], stamp)
-		}
-		off := 0
-		for off < q.n {
-			var sent int
-			err := g.lanes[li].raw.Write(func(fd uintptr) bool {
-				r, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&q.hdrs[off])), uintptr(q.n-off), unix.MSG_DONTWAIT, 0, 0)
-				if errno == unix.EAGAIN || errno == unix.EINTR {
-					return false
-				}
-				if errno == 0 {
-					sent = int(r)
-				} else {
-					sent = 1 // skip the message that failed (ECONNREFUSED from an earlier ICMP, ...)
-				}
-				return true
-			})
-			if err != nil {
-				q.n = 0
-				return
-			}
-			if ph == phaseMeasure {
-				g.st.sent.Add(uint64(sent))
-			}
-			off += sent
-		}
-		q.n = 0
-	}
-
-	step := ptime / time.Duration(len(ps))
-	t0 := time.Now()
-	var cycle int64
-	i := 0
-	for {
-		now := time.Now()
-		measuring := g.phase.Load() == phaseMeasure
-		for {
-			due := t0.Add(time.Duration(cycle)*ptime + time.Duration(i)*step)
-			if due.After(now) {
-				break
-			}
-			if measuring && now.Sub(due) > lateAfter {
-				g.st.late.Add(1)
-			}
-			p := ps[i]
-			p.seq++
-			binary.BigEndian.PutUint16(p.pkt[2:], p.seq)
-			binary.BigEndian.PutUint32(p.pkt[4:], uint32(p.seq)*160)
-			li := p.li
-			q := &queue[li]
-			h := &q.hdrs[q.n]
-			h.Hdr.Name = (*byte)(unsafe.Pointer(&p.sa))
-			h.Hdr.Namelen = unix.SizeofSockaddrInet4
-			h.Hdr.Iov = &p.iov
-			h.Hdr.SetIovlen(1)
-			q.ps[q.n] = p
-			if q.n++; q.n == batch {
-				flush(li)
-			}
-			if i++; i == len(ps) {
-				i, cycle = 0, cycle+1
-			}
-		}
-		for li := range queue {
-			if queue[li].n > 0 {
-				flush(li)
-			}
-		}
-		if ctx.Err() != nil {
-			return
-		}
-		next := t0.Add(time.Duration(cycle)*ptime + time.Duration(i)*step)
-		if d := time.Until(next); d > 0 {
-			time.Sleep(d)
-		}
-	}
 }
 
 // freeUDPPort returns a UDP port on 127.0.0.1 that was free a moment ago.

@@ -85,6 +85,7 @@ type options struct {
 	pmax      int
 	rtpengine string
 	lanes     int
+	tick      time.Duration // the generator's period
 	idleBelow float64       // wait for the machine to be less busy than this before each measurement
 	idleWait  time.Duration // at most this long
 	busyProbe time.Duration // how long the machine's busy fraction is sampled
@@ -107,13 +108,14 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	idleBelow := fs.Float64("idle-below", 0, "before each measurement wait (up to -idle-wait) until the machine is less busy than this fraction of all CPUs; 0: do not wait")
 	idleWait := fs.Duration("idle-wait", 2*time.Minute, "longest wait for -idle-below")
 	lanes := fs.Int("lanes", 16, "generator sockets the phones share (sendmmsg/recvmmsg batches)")
+	tick := fs.Duration("tick", 100*time.Microsecond, "the generator's period: each tick it sends what is due and reads what arrived")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	o := &options{runs: *runs, duration: *duration, warmup: *warmup, relayCPU: *relayCPU, genCPU: *genCPU, lanes: *lanes,
+	o := &options{runs: *runs, duration: *duration, warmup: *warmup, relayCPU: *relayCPU, genCPU: *genCPU, lanes: *lanes, tick: *tick,
 		idleBelow: *idleBelow, idleWait: *idleWait, busyProbe: time.Second,
 		rtpengine: *rtpe, engine: config.Default().RTP.Engine}
 	if *quick {
@@ -135,8 +137,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 			return nil, fmt.Errorf("-systems: unknown system %q", f)
 		}
 	}
-	if o.runs < 1 || o.duration <= 0 || o.warmup < 0 {
-		return nil, errors.New("-runs must be >= 1 and -duration positive")
+	if o.runs < 1 || o.duration <= 0 || o.warmup < 0 || o.tick <= 0 {
+		return nil, errors.New("-runs must be >= 1, -duration and -tick positive")
 	}
 	var err error
 	if o.pmin, o.pmax, err = parsePorts(*ports); err != nil {
@@ -279,7 +281,7 @@ func measure(ctx context.Context, o *options, dir, name string, streams int) (re
 		}
 	}
 
-	g, err := newGenerator(streams/2, o.lanes)
+	g, err := newGenerator(streams/2, o.lanes, o.tick)
 	if err != nil {
 		return nil, err
 	}
@@ -349,11 +351,11 @@ func measure(ctx context.Context, o *options, dir, name string, streams int) (re
 	stopSend()
 	inRange := func(p uint16) bool { return int(p) >= o.pmin && int(p) <= o.pmax }
 	res.relayDrops = dropsIn(drops0, drops1, inRange)
-	lanes := map[uint16]bool{}
+	lanePorts := map[uint16]bool{}
 	for _, l := range g.lanes {
-		lanes[l.addr.Port()] = true
+		lanePorts[l.addr.Port()] = true
 	}
-	res.genDrops = dropsIn(drops0, drops1, func(p uint16) bool { return lanes[p] })
+	res.genDrops = dropsIn(drops0, drops1, func(p uint16) bool { return lanePorts[p] })
 
 	sent, got := g.st.sent.Load(), g.st.received.Load()
 	res.sentPPS = float64(sent) / window.Seconds()
