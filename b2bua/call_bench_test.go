@@ -155,10 +155,13 @@ func header(msg []byte, name string) []byte {
 }
 
 // servePhone reads the gateway's responses: a 200 to the INVITE is ACKed
-// and the call hung up at once; a 200 to the BYE ends the call.
+// and the call hung up at once; a 200 to the BYE ends the call. A
+// retransmitted 200 (a loaded machine) is ACKed again but neither hangs
+// up twice nor ends the call twice.
 func (p *rawPeer) servePhone(gw *net.UDPAddr, ended chan<- struct{}) {
 	in := make([]byte, 65536)
 	var out []byte
+	hungUp, done := map[string]bool{}, map[string]bool{}
 	for {
 		n, _, err := p.conn.ReadFromUDP(in)
 		if err != nil {
@@ -173,7 +176,12 @@ func (p *rawPeer) servePhone(gw *net.UDPAddr, ended chan<- struct{}) {
 		case bytes.HasSuffix(cseq, []byte("INVITE")):
 			callID, to := header(msg, "Call-ID:"), header(msg, "To:")
 			n := bytes.TrimPrefix(callID, []byte("bench-"))
-			for _, req := range []string{"ACK", "BYE"} {
+			reqs := []string{"ACK", "BYE"}
+			if hungUp[string(callID)] {
+				reqs = reqs[:1]
+			}
+			hungUp[string(callID)] = true
+			for _, req := range reqs {
 				out = append(out[:0], req...)
 				out = append(out, " sip:"...)
 				out = append(out, gw.String()...)
@@ -198,7 +206,10 @@ func (p *rawPeer) servePhone(gw *net.UDPAddr, ended chan<- struct{}) {
 				p.conn.WriteToUDP(out, gw)
 			}
 		case bytes.HasSuffix(cseq, []byte("BYE")):
-			ended <- struct{}{}
+			if callID := string(header(msg, "Call-ID:")); !done[callID] {
+				done[callID] = true
+				ended <- struct{}{}
+			}
 		}
 	}
 }
