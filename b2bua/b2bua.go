@@ -237,6 +237,10 @@ func (b *B2BUA) Run(ctx context.Context) error {
 		return errors.New("b2bua: Run called before Listen")
 	}
 	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		runStackBallast(gctx)
+		return nil
+	})
 	for _, c := range udp {
 		g.Go(func() error { return b.srv.ServeUDP(c) })
 	}
