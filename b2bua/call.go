@@ -7,7 +7,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
-	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -36,7 +35,7 @@ type call struct {
 	origin  string // phone|pbx
 	a, b    *leg
 	start   time.Time
-	log     *slog.Logger
+	log     callLog
 
 	anchored atomic.Bool // media.Offer succeeded at least once
 
@@ -179,8 +178,7 @@ func (b *B2BUA) newCall(req *sip.Request, tx sip.ServerTransaction) {
 	admitted = false
 	c.init = init
 	b.addCall(c)
-	c.log.Info("call start", "origin", origin, "from", aorOf(from.Address), "to", aorOf(to.Address),
-		"b_call_id", bl.callID)
+	c.log.callStart(origin, aorOf(from.Address), aorOf(to.Address), bl.callID)
 	if b.cfg.MaxDuration > 0 {
 		c.maxTimer = time.AfterFunc(b.cfg.MaxDuration, func() {
 			c.log.Info("maximum call duration reached", "max_duration", b.cfg.MaxDuration)
@@ -193,20 +191,53 @@ func (b *B2BUA) newCall(req *sip.Request, tx sip.ServerTransaction) {
 // prepareCall builds the call and its B-leg INVITE: where the B-leg goes,
 // both legs, the whitelisted headers, identity and media. It answers req
 // itself and returns false when the call cannot be set up. It is apart from
-// newCall to keep newCall's stack frame small: newCall's goroutine (sipgo's,
-// one per request) lives through the whole INVITE and grew, copying, its
-// stack on every call.
+// newCall, and bLegDest, newCallLegs and bLegInvite apart from it, to keep
+// the frames small while the media relay and identity lookups run below
+// them: the goroutine running an INVITE (sipgo's, one per request) grew,
+// copying, its stack on every call (prepareCall's frame alone was 3 KB).
 func (b *B2BUA) prepareCall(ctx context.Context, req *sip.Request, tx sip.ServerTransaction, trusted bool, origin, authAOR string,
 	contact *sip.ContactHeader, mf sip.MaxForwardsHeader) (*call, *sip.Request, bool) {
-	from, to, callid, cseq := req.From(), req.To(), req.CallID(), req.CSeq()
-	// Where the B-leg goes.
+	bl, target, ok := b.bLegDest(ctx, req, tx, trusted, origin)
+	if !ok {
+		return nil, nil, false
+	}
+	c := b.newCallLegs(req, tx, origin, contact, bl)
+	if c == nil {
+		return nil, nil, false
+	}
+	breq, bfrom := b.bLegInvite(req, bl, target, trusted, authAOR, mf)
+	b.identify(c, req, breq, trusted, authAOR, bfrom)
+
+	// Media: the offer in the INVITE (or, without one, in the B-leg's 2xx).
+	offer := sdpBody(req)
+	if offer != nil {
+		sdp, err := b.offer(ctx, c, c.a, offer)
+		if err != nil {
+			b.m.Calls.WithLabelValues(origin, resultFailed).Inc()
+			b.rejectMedia(tx, req, c, err)
+			return nil, nil, false
+		}
+		breq.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+		breq.SetBody(sdp)
+	} else {
+		breq.SetBody(nil)
+	}
+	breq.SetTransport(bl.transport)
+	breq.SetDestination(bl.dest)
+	return c, breq, true
+}
+
+// bLegDest decides where the B-leg goes: the PBX for a phone's call, the
+// registered phone for the PBX's. It answers req itself and returns false
+// when the call cannot go anywhere.
+func (b *B2BUA) bLegDest(ctx context.Context, req *sip.Request, tx sip.ServerTransaction, trusted bool, origin string) (*leg, sip.Uri, bool) {
 	bl := &leg{name: "b", localTag: newTag()}
 	target := *req.Recipient.Clone()
 	if !trusted {
 		if b.pbxDown.Load() {
 			b.m.Calls.WithLabelValues(origin, resultFailed).Inc()
 			b.respond(tx, req, 503, "Service Unavailable", b.retryAfter(), pbxDownWarning)
-			return nil, nil, false
+			return nil, sip.Uri{}, false
 		}
 		bl.client, bl.contact, _ = b.clientFor(b.pbx.transport)
 		bl.dest, bl.transport = b.pbx.hostport, b.pbx.transport
@@ -215,21 +246,27 @@ func (b *B2BUA) prepareCall(ctx context.Context, req *sip.Request, tx sip.Server
 		if code != 0 {
 			b.m.Calls.WithLabelValues(origin, resultRejected).Inc()
 			b.respond(tx, req, code, reason)
-			return nil, nil, false
+			return nil, sip.Uri{}, false
 		}
 		if sip.ParseUri(bd.Contact, &target) != nil {
 			b.respond(tx, req, 480, "Temporarily Unavailable")
-			return nil, nil, false
+			return nil, sip.Uri{}, false
 		}
 		var ok bool
 		bl.client, bl.contact, ok = b.clientFor(bd.Transport)
 		if !ok {
 			b.respond(tx, req, 503, "Service Unavailable", b.retryAfter())
-			return nil, nil, false
+			return nil, sip.Uri{}, false
 		}
 		bl.dest, bl.transport = bd.Source, strings.ToUpper(bd.Transport)
 	}
+	return bl, target, true
+}
 
+// newCallLegs builds the call and its A-leg around bl, or answers req 500
+// and returns nil.
+func (b *B2BUA) newCallLegs(req *sip.Request, tx sip.ServerTransaction, origin string, contact *sip.ContactHeader, bl *leg) *call {
+	from, to, callid, cseq := req.From(), req.To(), req.CallID(), req.CSeq()
 	c := &call{id: callid.Value(), origin: origin, start: time.Now(), done: make(chan struct{})}
 	al := &leg{name: "a", uas: true, call: c, localTag: newTag(), callID: callid.Value(),
 		remoteTag: tagOf(from.Params), local: *to.Address.Clone(), localName: to.DisplayName,
@@ -240,13 +277,18 @@ func (b *B2BUA) prepareCall(ctx context.Context, req *sip.Request, tx sip.Server
 	al.client, al.contact, _ = b.clientFor(req.Transport())
 	if al.client == nil {
 		b.respond(tx, req, 500, "Server Internal Error")
-		return nil, nil, false
+		return nil
 	}
 	bl.call, c.a, c.b = c, al, bl
 	c.mediaID = c.id + "/" + al.localTag
-	c.log = b.log.With("call_id", c.id)
+	c.log = callLog{b.log, c.id}
+	return c
+}
 
-	// The B-leg INVITE.
+// bLegInvite builds the B-leg INVITE (without identity and body) and
+// returns it with its From header.
+func (b *B2BUA) bLegInvite(req *sip.Request, bl *leg, target sip.Uri, trusted bool, authAOR string, mf sip.MaxForwardsHeader) (*sip.Request, *sip.FromHeader) {
+	from, to, callid, cseq := req.From(), req.To(), req.CallID(), req.CSeq()
 	bl.callID = b.bLegCallID(callid.Value())
 	bl.local, bl.localName = *from.Address.Clone(), from.DisplayName
 	bl.remote, bl.target = *to.Address.Clone(), target
@@ -277,25 +319,7 @@ func (b *B2BUA) prepareCall(ctx context.Context, req *sip.Request, tx sip.Server
 	if authAOR != "" {
 		breq.AppendHeader(sip.NewHeader("P-Asserted-Identity", "<"+authAOR+">"))
 	}
-	b.identify(c, req, breq, trusted, authAOR, bfrom)
-
-	// Media: the offer in the INVITE (or, without one, in the B-leg's 2xx).
-	offer := sdpBody(req)
-	if offer != nil {
-		sdp, err := b.offer(ctx, c, al, offer)
-		if err != nil {
-			b.m.Calls.WithLabelValues(origin, resultFailed).Inc()
-			b.rejectMedia(tx, req, c, err)
-			return nil, nil, false
-		}
-		breq.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
-		breq.SetBody(sdp)
-	} else {
-		breq.SetBody(nil)
-	}
-	breq.SetTransport(bl.transport)
-	breq.SetDestination(bl.dest)
-	return c, breq, true
+	return breq, bfrom
 }
 
 // bridgeInvite sends the B-leg INVITE, relays its responses to the A-leg
@@ -651,7 +675,7 @@ func (b *B2BUA) endCall(c *call, by *leg, result string, code int, reason string
 			}
 		}
 		b.m.Calls.WithLabelValues(c.origin, result).Inc()
-		c.log.Info("call end", "result", result, "code", code, "duration", time.Since(c.start).Round(time.Millisecond).String())
+		c.log.callEnd(result, code, time.Since(c.start))
 		b.removeCall(c) // last: wakes Drain
 	})
 }
