@@ -18,6 +18,7 @@ import (
 type endpoint struct {
 	pair      *pair
 	pending   atomic.Int32 // stopped socks the engine has not let go of yet
+	rtpIn     rtpState     // of what rtp receives; owned by its packet path
 	rtp, rtcp sock
 }
 
@@ -53,7 +54,7 @@ type call struct {
 	answered   bool
 	hold       bool
 	timedOut   bool
-	offerer    int    // side of the latest offer
+	offerer    uint8  // side of the latest offer (packed with the flags: 144 bytes, not 160)
 	legs       [2]leg // legs[0] made the first offer
 	streams    []*stream
 	lastSignal int64
@@ -99,7 +100,7 @@ func (r *Relay) Offer(ctx context.Context, callID, fromTag string, sdp []byte) (
 		}
 		return nil, err
 	}
-	c.offerer = side
+	c.offerer = uint8(side)
 	return out, nil
 }
 
@@ -126,7 +127,7 @@ func (r *Relay) Answer(ctx context.Context, callID, toTag string, sdp []byte) ([
 	if c.deleted {
 		return nil, fmt.Errorf("%w: call %q deleted", ErrNotFound, callID)
 	}
-	side := 1 - c.offerer
+	side := 1 - int(c.offerer)
 	if len(p.media) > len(c.streams) {
 		return nil, fmt.Errorf("%w: answer has %d m-lines, the offer %d", ErrBadSDP, len(p.media), len(c.streams))
 	}
@@ -334,8 +335,8 @@ func (r *Relay) newEndpoint(callID string) (*endpoint, error) {
 		return nil, err
 	}
 	e := &endpoint{pair: pr}
-	initSock(e, 0, &r.env, pr.rtp, pr.rtpFD, pr.port, callID)
-	initSock(e, 1, &r.env, pr.rtcp, pr.rtcpFD, pr.port+1, callID)
+	initSock(e, 0, &r.env, pr.rtp, pr.rtpFD, callID)
+	initSock(e, 1, &r.env, pr.rtcp, pr.rtcpFD, callID)
 	return e, nil
 }
 

@@ -31,7 +31,7 @@ func TestEpollRecvAllocs(t *testing.T) {
 	w := &epollWorker{e: e}
 	buf := make([]byte, bufSize)
 	pkt := rtpPacket(1, 0, 1)
-	to := netip.AddrPortFrom(loopback, uint16(sa.port))
+	to := netip.AddrPortFrom(loopback, uint16(sa.endpoint().pair.port))
 	got := make([]byte, 1500)
 	phone.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if n := testing.AllocsPerRun(100, func() {
@@ -70,7 +70,7 @@ func TestEpollPrepare(t *testing.T) {
 	if _, _, err := sa.conn.ReadFromUDPAddrPort(make([]byte, 10)); !errors.Is(err, net.ErrClosed) {
 		t.Errorf("read on the net.UDPConn after prepare = %v, want net.ErrClosed", err)
 	}
-	addr := net.UDPAddrFromAddrPort(netip.AddrPortFrom(loopback, uint16(sa.port)))
+	addr := net.UDPAddrFromAddrPort(netip.AddrPortFrom(loopback, uint16(sa.endpoint().pair.port)))
 	if c, err := net.ListenUDP("udp", addr); err == nil {
 		c.Close()
 		t.Fatal("the port was free after prepare; want it held by the engine's descriptor")

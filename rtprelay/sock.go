@@ -70,18 +70,20 @@ const (
 // sock is one bound UDP socket of the relay, facing one side of a stream.
 // Packets read from it leave through out towards out's peer. Two socks
 // (RTP and RTCP) live inside an endpoint; their fields are ordered and
-// sized for memory (four per call).
+// sized for memory (four per call: an endpoint is 416 bytes).
 type sock struct {
 	// Read by the packet path, set before the engine starts serving.
-	out    *sock
-	env    *sockEnv
-	conn   *net.UDPConn // the goroutine engine's socket; nil with raw descriptors
-	fd     int32        // the raw non-blocking socket (epoll engine), owned by the pool
-	port   uint16
-	li     uint8  // 0: the endpoint's RTP sock, 1: its RTCP sock (learnState.expect index)
-	prio   int8   // owned by the packet path: 0: nothing latched since the last signalling event
-	callID string // for logs only
-	worker any    // engine-owned
+	out  *sock
+	env  *sockEnv
+	conn *net.UDPConn // the goroutine engine's socket; nil with raw descriptors
+	fd   int32        // the raw non-blocking socket (epoll engine), owned by the pool
+	li   uint8        // 0: the endpoint's RTP sock, 1: its RTCP sock (learnState.expect index)
+	prio int8         // owned by the packet path: 0: nothing latched since the last signalling event
+	// fromPort and fromAddr (below) are the latched source, owned by the
+	// packet path; split so that they pack.
+	fromPort uint16
+	callID   string // for logs only
+	worker   any    // engine-owned
 
 	peer    atomic.Pointer[netip.AddrPort] // where packets for this side go; nil: nowhere
 	learn   atomic.Pointer[learnState]
@@ -89,12 +91,11 @@ type sock struct {
 	jitter  atomic.Uint32 // RFC 3550 interarrival jitter, RTP timestamp units (with st)
 	latched atomic.Bool
 
-	// Owned by the packet path (and prio above).
+	// Owned by the packet path (and prio, fromPort above).
 	floodCount int32
 	seenGen    uint32
 	floodStart int64
-	from       netip.AddrPort
-	rtp        rtpState
+	fromAddr   netip.Addr
 }
 
 // endpoint returns the endpoint s is part of (its rtp or rtcp field, by li).
@@ -121,13 +122,13 @@ type sockEnv struct {
 var noLearning = &learnState{}
 
 // initSock prepares the sock of ep for RTP (li 0: ep.rtp) or RTCP (li 1:
-// ep.rtcp), bound to conn or fd on port.
-func initSock(ep *endpoint, li uint8, env *sockEnv, conn *net.UDPConn, fd int32, port int, callID string) *sock {
+// ep.rtcp), bound to conn or fd.
+func initSock(ep *endpoint, li uint8, env *sockEnv, conn *net.UDPConn, fd int32, callID string) *sock {
 	s := &ep.rtp
 	if li == 1 {
 		s = &ep.rtcp
 	}
-	*s = sock{env: env, conn: conn, fd: fd, port: uint16(port), li: li, callID: callID}
+	*s = sock{env: env, conn: conn, fd: fd, li: li, callID: callID}
 	s.learn.Store(noLearning)
 	return s
 }
@@ -198,7 +199,7 @@ func (s *sock) receive(p []byte, src netip.AddrPort, now int64) (out *sock, dst 
 	if ls.gen != s.seenGen {
 		s.seenGen, s.prio = ls.gen, 0
 	}
-	if s.prio == 0 || src != s.from {
+	if s.prio == 0 || src.Port() != s.fromPort || src.Addr() != s.fromAddr {
 		pr := priority(src, ls.expect[s.li])
 		switch {
 		case s.prio == 0, now < ls.until && pr > s.prio, now-s.st.lastRecv.Load() > env.lim.relatchAfter:
@@ -209,10 +210,8 @@ func (s *sock) receive(p []byte, src netip.AddrPort, now int64) (out *sock, dst 
 		}
 	}
 	s.st.lastRecv.Store(now)
-	if s.li == 0 {
+	if s.li == 0 { // loss and jitter from the RTP socket only
 		s.analyse(p, now, ls.nsPerTick)
-	} else {
-		s.analyse(p, now, 0) // jitter from RTP only
 	}
 
 	out = s.out
@@ -228,7 +227,7 @@ func (s *sock) receive(p []byte, src netip.AddrPort, now int64) (out *sock, dst 
 }
 
 func (s *sock) latch(src netip.AddrPort, pr int8, hold bool) {
-	s.from, s.prio = src, pr
+	s.fromAddr, s.fromPort, s.prio = src.Addr(), src.Port(), pr
 	if hold {
 		return
 	}
@@ -246,9 +245,9 @@ func (s *sock) sent(n int) {
 	s.env.cnt.outBytes.Add(float64(n))
 }
 
-// analyse updates loss and jitter from an RTP header; RTCP (RFC 5761
-// payload types 64-95 after the marker bit), STUN, DTLS and anything else
-// pass without analysis.
+// analyse updates loss and jitter from an RTP header read by the RTP sock
+// s; RTCP (RFC 5761 payload types 64-95 after the marker bit), STUN, DTLS
+// and anything else pass without analysis.
 func (s *sock) analyse(p []byte, now, nsPerTick int64) {
 	if len(p) < 12 || p[0]>>6 != 2 {
 		return
@@ -259,7 +258,7 @@ func (s *sock) analyse(p []byte, now, nsPerTick int64) {
 	seq := uint16(p[2])<<8 | uint16(p[3])
 	ts := uint32(p[4])<<24 | uint32(p[5])<<16 | uint32(p[6])<<8 | uint32(p[7])
 	ssrc := uint32(p[8])<<24 | uint32(p[9])<<16 | uint32(p[10])<<8 | uint32(p[11])
-	r := &s.rtp
+	r := &s.endpoint().rtpIn
 	if !r.init || ssrc != r.ssrc { // new source or SSRC change: start over
 		r.init, r.ssrc, r.maxSeq, r.haveTr = true, ssrc, seq, false
 	} else {
