@@ -526,26 +526,30 @@ func (b *B2BUA) respond2xx(c *call, l *leg, tx sip.ServerTransaction, req *sip.R
 		c.log.Debug("respond 2xx failed", "err", err)
 	}
 	b.m.Responses.WithLabelValues(classOf(res.StatusCode), "out").Inc()
-	giveUp := time.NewTimer(64 * sip.T1)
-	defer giveUp.Stop()
+	// One timer for the retransmissions (unreliable transports: T1,
+	// doubling up to T2) and the give-up at 64*T1.
+	giveUp := time.Now().Add(64 * sip.T1)
+	reliable := sip.IsReliable(req.Transport())
 	interval := sip.T1
-	retrans := time.NewTimer(interval)
-	defer retrans.Stop()
-	if sip.IsReliable(req.Transport()) {
-		retrans.Stop()
+	t := time.NewTimer(interval)
+	if reliable {
+		t.Reset(64 * sip.T1)
 	}
+	defer t.Stop()
 	for {
 		select {
 		case ack := <-l.ackCh:
 			if ack.CSeq().SeqNo == seq {
 				return ack
 			}
-		case <-retrans.C:
+		case <-t.C:
+			left := time.Until(giveUp)
+			if reliable || left <= 0 {
+				return nil
+			}
 			tx.Respond(res)
 			interval = min(2*interval, sip.T2)
-			retrans.Reset(interval)
-		case <-giveUp.C:
-			return nil
+			t.Reset(min(interval, left))
 		case <-c.done:
 			return nil
 		}

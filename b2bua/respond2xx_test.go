@@ -1,0 +1,63 @@
+package b2bua
+
+import (
+	"strings"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+)
+
+// respond2xx, with its one timer: over UDP the 2xx goes out at once and
+// again at T1, 3*T1, 7*T1, then every T2 until the ACK comes or 64*T1
+// have passed; over TCP once.
+func TestRespond2xxRetransmissions(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		transport string
+		ackAfter  time.Duration // 0: never
+		responses int
+		returns   time.Duration // when respond2xx returns
+	}{
+		// Sent at 0, 0.5, 1.5, 3.5, 7.5, 11.5, ..., 31.5 s; gives up at 32 s.
+		{"udp no ack", "UDP", 0, 11, 64 * sip.T1},
+		{"udp ack after 2 s", "UDP", 2 * time.Second, 3, 2 * time.Second},
+		{"tcp no ack", "TCP", 0, 1, 64 * sip.T1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				req := parseRequest(t, []byte(strings.Join([]string{
+					"INVITE sip:bob@example.com SIP/2.0",
+					"Via: SIP/2.0/" + tc.transport + " 192.0.2.1:5060;branch=z9hG4bK-1",
+					"From: <sip:alice@example.com>;tag=a",
+					"To: <sip:bob@example.com>",
+					"Call-ID: c1",
+					"CSeq: 1 INVITE",
+					"Contact: <sip:alice@192.0.2.1>",
+					"Content-Length: 0",
+					"", ""}, "\r\n")))
+				req.SetTransport(tc.transport)
+				b := &B2BUA{m: testMetrics()}
+				c := &call{log: callLog{l: discardLogger()}, done: make(chan struct{})}
+				l := &leg{name: "a", uas: true, call: c, localTag: "t", ackCh: make(chan *sip.Request, 4)}
+				tx := &recordTx{}
+				if tc.ackAfter > 0 {
+					ack := parseRequest(t, []byte(strings.Replace(strings.Replace(req.String(), "INVITE sip", "ACK sip", 1), "1 INVITE", "1 ACK", 1)))
+					time.AfterFunc(tc.ackAfter, func() { l.ackCh <- ack })
+				}
+				start := time.Now()
+				got := b.respond2xx(c, l, tx, req, sip.NewResponseFromRequest(req, 200, "OK", nil), nil)
+				if took := time.Since(start); took != tc.returns {
+					t.Errorf("returned after %v, want %v", took, tc.returns)
+				}
+				if (got != nil) != (tc.ackAfter > 0) {
+					t.Errorf("returned ACK %v, want one: %v", got, tc.ackAfter > 0)
+				}
+				if n := len(tx.res); n != tc.responses {
+					t.Errorf("%d responses sent, want %d", n, tc.responses)
+				}
+			})
+		})
+	}
+}
