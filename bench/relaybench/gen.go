@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"runtime"
 	"strconv"
 	"strings"
@@ -41,8 +40,10 @@ import (
 //     it would see from real phones: every relay socket receives 50
 //     packets/s from one source and sends to one destination; only the
 //     destinations' ports repeat.
-//   - One goroutine does everything on a tick (a periodic timerfd in the
-//     runtime's netpoller, -tick, 100 µs): it sends what is due, then reads
+//   - One goroutine does everything on a tick (-tick, 100 µs: a periodic
+//     timerfd it blocks on in a raw read, holding its P, then yields once:
+//     one syscall and one wakeup per tick; through the runtime's netpoller
+//     a tick cost three syscalls and a second thread switch): it sends what is due, then reads
 //     every lane with packets (an epoll set of its own, polled without
 //     waiting) in recvmmsg batches. The lanes are raw non-blocking sockets
 //     outside the runtime's netpoller, so an arrival wakes nobody. Reading
@@ -230,8 +231,9 @@ type generator struct {
 	phase  atomic.Uint32
 	st     *stats
 	tick   time.Duration
-	epfd   int      // the lanes, level-triggered; the event's Fd is the lane's index
-	timer  *os.File // a timerfd, in the runtime's netpoller
+	epfd   int         // the lanes, level-triggered; the event's Fd is the lane's index
+	tfd    int         // a periodic timerfd, blocking; closed by the loop, or by close when none ran
+	stop   atomic.Bool // set by close: the loop ends at its next tick
 	wg     sync.WaitGroup
 
 	// Owned by the loop.
@@ -258,7 +260,7 @@ type receiver struct {
 // newGenerator opens nlanes sockets and makes 2*calls phones on them; the
 // loop wakes every tick.
 func newGenerator(calls, nlanes int, tick time.Duration) (g *generator, err error) {
-	g = &generator{st: newStats(), tick: tick, epfd: -1}
+	g = &generator{st: newStats(), tick: tick, epfd: -1, tfd: -1}
 	defer func() {
 		if err != nil {
 			g.close()
@@ -267,11 +269,9 @@ func newGenerator(calls, nlanes int, tick time.Duration) (g *generator, err erro
 	if g.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
 		return nil, fmt.Errorf("relaybench: epoll_create1: %w", err)
 	}
-	tfd, err := unix.TimerfdCreate(unix.CLOCK_MONOTONIC, unix.TFD_CLOEXEC|unix.TFD_NONBLOCK)
-	if err != nil {
+	if g.tfd, err = unix.TimerfdCreate(unix.CLOCK_MONOTONIC, unix.TFD_CLOEXEC); err != nil {
 		return nil, fmt.Errorf("relaybench: timerfd: %w", err)
 	}
-	g.timer = os.NewFile(uintptr(tfd), "relaybench-tick") // non-blocking: in the netpoller
 	for i := range max(1, min(nlanes, calls)) {
 		l, err := newLane()
 		if err != nil {
@@ -305,16 +305,22 @@ func newGenerator(calls, nlanes int, tick time.Duration) (g *generator, err erro
 
 // start sends and receives every tick until ctx ends.
 func (g *generator) start(ctx context.Context) {
-	g.wg.Go(func() { g.loop(ctx) })
+	tfd := g.tfd
+	g.tfd = -1 // the loop's now
+	g.wg.Go(func() {
+		defer unix.Close(tfd)
+		g.loop(ctx, tfd)
+	})
 }
 
-// close waits for the loop, which stops when the ctx given to start ends,
-// and closes the sockets.
+// close stops the loop (it also stops when the ctx given to start ends),
+// waits for it and closes the sockets.
 func (g *generator) close() {
-	if g.timer != nil {
-		g.timer.Close() // a loop still waiting for the tick returns
-	}
+	g.stop.Store(true)
 	g.wg.Wait()
+	if g.tfd >= 0 {
+		unix.Close(g.tfd)
+	}
 	for _, l := range g.lanes {
 		unix.Close(l.fd)
 	}
@@ -326,10 +332,10 @@ func (g *generator) close() {
 // loop paces every phone at one packet per ptime, the phones spread evenly
 // over the period: each tick it sends what is due, per lane in sendmmsg
 // batches, then reads what arrived.
-func (g *generator) loop(ctx context.Context) {
+func (g *generator) loop(ctx context.Context, tfd int) {
 	ps := g.phones
 	tick := unix.NsecToTimespec(int64(g.tick))
-	if err := unix.TimerfdSettime(int(g.timer.Fd()), 0, &unix.ItimerSpec{Interval: tick, Value: tick}, nil); err != nil {
+	if err := unix.TimerfdSettime(tfd, 0, &unix.ItimerSpec{Interval: tick, Value: tick}, nil); err != nil {
 		return
 	}
 	step := ptime / time.Duration(max(1, len(ps)))
@@ -337,7 +343,7 @@ func (g *generator) loop(ctx context.Context) {
 	var cycle int64
 	i := 0
 	var exp [8]byte
-	for ctx.Err() == nil {
+	for ctx.Err() == nil && !g.stop.Load() {
 		now := time.Now()
 		measuring := g.phase.Load() == phaseMeasure
 		// At most one packet per phone before reading: a generator starved
@@ -374,11 +380,12 @@ func (g *generator) loop(ctx context.Context) {
 			}
 		}
 		g.receive()
-		// Wait for the next tick; expirations missed while busy make it
-		// return at once (the sends above catch up).
-		if _, err := g.timer.Read(exp[:]); err != nil {
-			return // closed
-		}
+		// Wait for the next tick, keeping the P (nothing else of this
+		// process has work between ticks); expirations missed while busy
+		// make it return at once (the sends above catch up). A signal
+		// (async preemption) ends it early: EINTR, then the yield.
+		unix.RawSyscall(unix.SYS_READ, uintptr(tfd), uintptr(unsafe.Pointer(&exp[0])), uintptr(len(exp)))
+		runtime.Gosched() // the harness's timers and goroutines
 	}
 }
 
