@@ -2,7 +2,9 @@ package b2bua
 
 import (
 	"context"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -79,7 +81,8 @@ type B2BUA struct {
 	clients    map[string]*sipgo.Client // by listening network; set by Listen
 	clientAddr map[string]string        // advertised host:port per network
 
-	callKey [32]byte // derives B-leg Call-IDs
+	callKey [32]byte  // derives B-leg Call-IDs
+	callMAC sync.Pool // hash.Hash: HMAC-SHA256 with callKey, reused
 	cps     *limiter
 	rate    *sourceLimiter
 	callsMu sync.Mutex
@@ -133,6 +136,7 @@ func New(cfg Config, log *slog.Logger, m *Metrics) (*B2BUA, error) {
 		calls: map[string]*call{}, dialogs: map[dialogID]*leg{}, outCallIDs: map[string]int{},
 		initial: map[initialKey]struct{}{}}
 	rand.Read(b.callKey[:])
+	b.callMAC.New = func() any { return hmac.New(sha256.New, b.callKey[:]) }
 	if cfg.PBX != "" {
 		if b.pbx, err = parsePBX(cfg.PBX); err != nil {
 			ua.Close()

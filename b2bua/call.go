@@ -3,10 +3,10 @@ package b2bua
 import (
 	"bytes"
 	"context"
-	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"hash"
 	"slices"
 	"strings"
 	"sync"
@@ -729,9 +729,16 @@ func (b *B2BUA) route(ctx context.Context, ruri sip.Uri) (Binding, int, string) 
 // bLegCallID derives the B-leg Call-ID from the A-leg's, so that an
 // INVITE resent after a challenge keeps its Call-ID toward the PBX.
 func (b *B2BUA) bLegCallID(a string) string {
-	m := hmac.New(sha256.New, b.callKey[:])
+	m := b.callMAC.Get().(hash.Hash)
+	m.Reset()
 	m.Write([]byte(a))
-	return "cx" + hex.EncodeToString(m.Sum(nil)[:16])
+	var sum [sha256.Size]byte
+	m.Sum(sum[:0])
+	b.callMAC.Put(m)
+	var out [2 + 32]byte
+	copy(out[:], "cx")
+	hex.Encode(out[2:], sum[:16])
+	return string(out[:])
 }
 
 // identify applies CONTRACT.md's identity rules to the B-leg INVITE: strip

@@ -1,6 +1,9 @@
 package b2bua
 
 import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"strings"
 	"testing"
 	"testing/synctest"
@@ -59,5 +62,23 @@ func TestRespond2xxRetransmissions(t *testing.T) {
 				}
 			})
 		})
+	}
+}
+
+// bLegCallID is "cx" and the first 16 bytes of HMAC-SHA256(callKey,
+// A-leg Call-ID) in hex, the same with its pooled MACs on every call.
+func TestBLegCallID(t *testing.T) {
+	b, err := New(Config{Listen: []Listener{{"udp", "127.0.0.1:0"}}}, discardLogger(), testMetrics())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.ua.Close()
+	for _, a := range []string{"a1", "a2", "a1", strings.Repeat("x", 200)} {
+		m := hmac.New(sha256.New, b.callKey[:])
+		m.Write([]byte(a))
+		want := "cx" + hex.EncodeToString(m.Sum(nil)[:16])
+		if got := b.bLegCallID(a); got != want {
+			t.Errorf("bLegCallID(%q) = %q, want %q", a, got, want)
+		}
 	}
 }
