@@ -139,14 +139,16 @@ func (p *phone) setDst(dst netip.AddrPort) {
 }
 
 // sdp is the phone's offer or answer: PCMA, 20 ms, RTCP on port+1.
-func (p *phone) sdp(user string) []byte {
-	port := strconv.Itoa(int(p.lane.addr.Port()))
+func (p *phone) sdp(user string) []byte { return phoneSDP(user, p.lane.addr.Port()) }
+
+// phoneSDP is a phone's offer or answer: PCMA on 127.0.0.1:port.
+func phoneSDP(user string, port uint16) []byte {
 	return []byte("v=0\r\n" +
 		"o=" + user + " 1 1 IN IP4 127.0.0.1\r\n" +
 		"s=-\r\n" +
 		"c=IN IP4 127.0.0.1\r\n" +
 		"t=0 0\r\n" +
-		"m=audio " + port + " RTP/AVP 8\r\n" +
+		"m=audio " + strconv.Itoa(int(port)) + " RTP/AVP 8\r\n" +
 		"a=rtpmap:8 PCMA/8000\r\n" +
 		"a=ptime:20\r\n" +
 		"a=sendrecv\r\n")

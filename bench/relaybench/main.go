@@ -90,6 +90,7 @@ type options struct {
 	idleWait  time.Duration // at most this long
 	busyProbe time.Duration // how long the machine's busy fraction is sampled
 	engine    string        // the default engine, for the last line
+	marginal  int           // calls added at scale for the marginal RSS; 0: not measured
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -103,7 +104,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	warmup := fs.Duration("warmup", 3*time.Second, "traffic before the window (latching, caches)")
 	relayCPU := fs.Int("relay-cpu", 0, "core the relay processes are pinned to (-1: no pinning)")
 	genCPU := fs.Int("gen-cpu", 1, "core the generator is pinned to (-1: no pinning)")
-	ports := fs.String("ports", "12000-19999", "RTP port range given to each relay (four ports per call)")
+	marginal := fs.Int("marginal", 1000, "after the window, measure the RSS of this many more (silent) calls added to at least as many (0: not measured)")
+	ports := fs.String("ports", "12000-27999", "RTP port range given to each relay (four ports per call)")
 	rtpe := fs.String("rtpengine", "rtpengine", "rtpengine binary")
 	idleBelow := fs.Float64("idle-below", 0, "before each measurement wait (up to -idle-wait) until the machine is less busy than this fraction of all CPUs; 0: do not wait")
 	idleWait := fs.Duration("idle-wait", 2*time.Minute, "longest wait for -idle-below")
@@ -116,7 +118,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
 	o := &options{runs: *runs, duration: *duration, warmup: *warmup, relayCPU: *relayCPU, genCPU: *genCPU, lanes: *lanes, tick: *tick,
-		idleBelow: *idleBelow, idleWait: *idleWait, busyProbe: time.Second,
+		idleBelow: *idleBelow, idleWait: *idleWait, busyProbe: time.Second, marginal: *marginal,
 		rtpengine: *rtpe, engine: config.Default().RTP.Engine}
 	if *quick {
 		*loads, o.runs, o.duration, o.warmup = "20", 1, 500*time.Millisecond, 200*time.Millisecond
@@ -144,8 +146,11 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	if o.pmin, o.pmax, err = parsePorts(*ports); err != nil {
 		return nil, err
 	}
-	if need := 2 * slices.Max(o.loads); o.pmax-o.pmin+1 < need {
-		return nil, fmt.Errorf("-ports %s: %d streams need %d ports", *ports, slices.Max(o.loads), need)
+	if o.marginal < 0 {
+		return nil, errors.New("-marginal must be >= 0")
+	}
+	if need := 4 * o.maxCalls(); o.pmax-o.pmin+1 < need {
+		return nil, fmt.Errorf("-ports %s: %d calls (%d streams, -marginal %d) need %d ports", *ports, o.maxCalls(), slices.Max(o.loads), o.marginal, need)
 	}
 	if (o.relayCPU >= 0 || o.genCPU >= 0) && runtime.NumCPU() < 2 {
 		fmt.Fprintln(stderr, "relaybench: one CPU: not pinning")
@@ -164,6 +169,16 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	return o, nil
 }
 
+// maxCalls is the most calls a relay holds: the largest load's, padded to
+// -marginal, plus -marginal.
+func (o *options) maxCalls() int {
+	n := slices.Max(o.loads) / 2
+	if o.marginal > 0 {
+		n = max(n, o.marginal) + o.marginal
+	}
+	return n
+}
+
 // result is one measurement: one run of one system at one load.
 type result struct {
 	run, streams int
@@ -177,6 +192,8 @@ type result struct {
 	cpuPerPkt    float64 // µs of relay CPU per delivered packet; NaN for direct
 	rss, rss0    int64   // relay RSS in the window and before the calls; 0 for direct
 	rssGC        int64   // our relay's RSS after returning its garbage to the OS; 0 for others
+	mrss, mrssGC float64 // marginal RSS per 1,000 calls at scale (mbase -> mbase+marginal calls), and after FreeOSMemory; NaN if not measured
+	mbase        int     // calls before the marginal ones
 	genCPU       float64 // generator CPU, fraction of a core
 	late         uint64  // generator sends more than 5 ms behind schedule
 	relayDrops   uint64  // packets dropped by full receive queues of sockets in the relay's port range
@@ -197,6 +214,62 @@ func (r *result) drssGCPer1k() float64 {
 		return math.NaN()
 	}
 	return float64(r.rssGC-r.rss0) / float64(r.streams/2) * 1000
+}
+
+// measureMarginal measures what calls cost at scale, in the same process
+// after the window: it pads the relay to at least o.marginal calls (silent:
+// no media), lets our relay return its free memory to the OS, sets up
+// o.marginal more silent calls and takes the RSS growth per 1,000 calls
+// (mrss: live state plus the garbage the setups made before the next GC,
+// as in a running gateway), then the same after our relay returned its
+// garbage again (mrssGC: what stays). The Go runtime's fixed floor (the GC
+// lets the heap grow to 4 MB before its first cycle) and the window's
+// garbage are not in it; they are in dRSS/1k, measured from the idle
+// process.
+func measureMarginal(ctx context.Context, o *options, sys system, pid int, res *result) error {
+	calls := res.streams / 2
+	add := func(n int, prefix string) error {
+		for i := range n {
+			id := fmt.Sprintf("%s-%d@relaybench", prefix, i)
+			if err := setupSilentCall(ctx, sys, id); err != nil {
+				return fmt.Errorf("silent call %d: %w", i, err)
+			}
+		}
+		return nil
+	}
+	if err := add(max(0, o.marginal-calls), "pad"); err != nil {
+		return err
+	}
+	res.mbase = max(calls, o.marginal)
+	our, _ := sys.(*ourRelay)
+	if our != nil {
+		if _, err := our.do(ctlReq{Op: opGC}); err != nil {
+			return err
+		}
+	}
+	a, err := procRSS(pid)
+	if err != nil {
+		return err
+	}
+	if err := add(o.marginal, "more"); err != nil {
+		return err
+	}
+	b, err := procRSS(pid)
+	if err != nil {
+		return err
+	}
+	res.mrss = float64(b-a) / float64(o.marginal) * 1000
+	if our != nil {
+		if _, err := our.do(ctlReq{Op: opGC}); err != nil {
+			return err
+		}
+		c, err := procRSS(pid)
+		if err != nil {
+			return err
+		}
+		res.mrssGC = float64(c-a) / float64(o.marginal) * 1000
+	}
+	return nil
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -221,8 +294,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		time.Now().UTC().Format(time.RFC3339), host, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, runtime.Version(), o.relayCPU, o.genCPU)
 	fmt.Fprintf(stdout, "# loads (streams x 50 pps): %v; systems: %v; runs %d; window %v after %v warmup; default engine %s\n",
 		o.loads, o.systems, o.runs, o.duration, o.warmup, o.engine)
-	fmt.Fprintf(stdout, "%-3s %-6s %-9s %9s %9s %8s %7s %7s %8s %8s %9s %7s %6s %5s %5s %5s %5s %s\n",
-		"run", "load", "system", "sent_pps", "deliv_pps", "loss%", "p50_us", "p99_us", "cpu_us/p", "rss_MB", "dRSS/1k", "dRSSgc", "gen%", "late", "rdrop", "gdrop", "busy%", "loadavg")
+	fmt.Fprintf(stdout, "%-3s %-6s %-9s %9s %9s %8s %7s %7s %8s %8s %9s %7s %8s %7s %6s %5s %5s %5s %5s %s\n",
+		"run", "load", "system", "sent_pps", "deliv_pps", "loss%", "p50_us", "p99_us", "cpu_us/p", "rss_MB", "dRSS/1k", "dRSSgc", "mRSS/1k", "mRSSgc", "gen%", "late", "rdrop", "gdrop", "busy%", "loadavg")
 	var results []*result
 	for r := 1; r <= o.runs; r++ {
 		for _, streams := range o.loads {
@@ -237,9 +310,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 				}
 				res.run = r
 				results = append(results, res)
-				fmt.Fprintf(stdout, "%-3d %-6d %-9s %9.0f %9.0f %8.4f %7.0f %7.0f %8.2f %8.1f %9.2f %7.2f %6.1f %5d %5d %5d %5.0f %s\n",
+				fmt.Fprintf(stdout, "%-3d %-6d %-9s %9.0f %9.0f %8.4f %7.0f %7.0f %8.2f %8.1f %9.2f %7.2f %8.2f %7.2f %6.1f %5d %5d %5d %5.0f %s\n",
 					res.run, res.streams, res.system, res.sentPPS, res.delivered, 100*res.loss, res.p50, res.p99,
-					res.cpuPerPkt, float64(res.rss)/1e6, res.drssPer1k()/1e6, res.drssGCPer1k()/1e6, 100*res.genCPU, res.late, res.relayDrops, res.genDrops, 100*res.busy, res.load)
+					res.cpuPerPkt, float64(res.rss)/1e6, res.drssPer1k()/1e6, res.drssGCPer1k()/1e6, res.mrss/1e6, res.mrssGC/1e6, 100*res.genCPU, res.late, res.relayDrops, res.genDrops, 100*res.busy, res.load)
 			}
 		}
 	}
@@ -249,7 +322,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 // measure starts one system, sets up streams/2 calls through it, sends for
 // warmup+duration and returns what the window saw.
 func measure(ctx context.Context, o *options, dir, name string, streams int) (res *result, err error) {
-	res = &result{streams: streams, system: name, cpuPerPkt: math.NaN()}
+	res = &result{streams: streams, system: name, cpuPerPkt: math.NaN(), mrss: math.NaN(), mrssGC: math.NaN()}
 	for start := time.Now(); ; {
 		res.busy = host.MachineBusy(o.busyProbe)
 		if o.idleBelow <= 0 || res.busy < o.idleBelow || time.Since(start) > o.idleWait || ctx.Err() != nil {
@@ -328,7 +401,7 @@ func measure(ctx context.Context, o *options, dir, name string, streams int) (re
 		}
 	}
 	if r, ok := sys.(*ourRelay); ok {
-		if _, err := r.do(ctlReq{Op: "gc"}); err != nil {
+		if _, err := r.do(ctlReq{Op: opGC}); err != nil {
 			return nil, err
 		}
 		if res.rssGC, err = procRSS(pid); err != nil {
@@ -356,6 +429,11 @@ func measure(ctx context.Context, o *options, dir, name string, streams int) (re
 		lanePorts[l.addr.Port()] = true
 	}
 	res.genDrops = dropsIn(drops0, drops1, func(p uint16) bool { return lanePorts[p] })
+	if pid != 0 && o.marginal > 0 {
+		if err := measureMarginal(ctx, o, sys, pid, res); err != nil {
+			return nil, fmt.Errorf("marginal RSS: %w", err)
+		}
+	}
 
 	sent, got := g.st.sent.Load(), g.st.received.Load()
 	res.sentPPS = float64(sent) / window.Seconds()
@@ -399,6 +477,19 @@ func setupCall(ctx context.Context, sys system, id string, a, b *phone) error {
 	}
 	a.setDst(dstA)
 	b.setDst(dstB)
+	return nil
+}
+
+// setupSilentCall anchors call id through sys for phones that send nothing
+// (port 9, discard): what a call costs the relay without its media.
+func setupSilentCall(ctx context.Context, sys system, id string) error {
+	m := sys.media()
+	if _, err := m.Offer(ctx, id, "a-"+id, phoneSDP("alice", 9)); err != nil {
+		return fmt.Errorf("offer: %w", err)
+	}
+	if _, err := m.Answer(ctx, id, "b-"+id, phoneSDP("bob", 9)); err != nil {
+		return fmt.Errorf("answer: %w", err)
+	}
 	return nil
 }
 

@@ -34,7 +34,7 @@ func maxOf(v []float64) float64 {
 }
 
 type summary struct {
-	delivered, loss, p50, p99, cpu, rss, drss, drssGC, ratio []float64
+	delivered, loss, p50, p99, cpu, rss, drss, drssGC, mrss, mrssGC, ratio []float64
 }
 
 func (s *summary) add(r *result, rtpe *result) {
@@ -50,6 +50,8 @@ func (s *summary) add(r *result, rtpe *result) {
 	s.rss = append(s.rss, rss)
 	s.drss = append(s.drss, r.drssPer1k())
 	s.drssGC = append(s.drssGC, r.drssGCPer1k())
+	s.mrss = append(s.mrss, r.mrss)
+	s.mrssGC = append(s.mrssGC, r.mrssGC)
 	ratio := math.NaN()
 	if rtpe != nil && rtpe.cpuPerPkt > 0 {
 		ratio = r.cpuPerPkt / rtpe.cpuPerPkt
@@ -83,17 +85,17 @@ func summarize(w io.Writer, o *options, results []*result) error {
 	}
 
 	fmt.Fprintf(w, "\n# summary over %d run(s): medians; loss and p99_max are the worst run; ratio = cpu_us/p / rtpengine's in the same run (median)\n", o.runs)
-	fmt.Fprintf(w, "%-6s %-9s %9s %9s %7s %7s %8s %8s %9s %9s %7s %7s\n",
-		"load", "system", "deliv_pps", "loss%max", "p50_us", "p99_us", "p99_max", "cpu_us/p", "rss_MB", "dRSS/1k", "dRSSgc", "ratio")
+	fmt.Fprintf(w, "%-6s %-9s %9s %9s %7s %7s %8s %8s %9s %9s %7s %8s %7s %7s\n",
+		"load", "system", "deliv_pps", "loss%max", "p50_us", "p99_us", "p99_max", "cpu_us/p", "rss_MB", "dRSS/1k", "dRSSgc", "mRSS/1k", "mRSSgc", "ratio")
 	for _, streams := range o.loads {
 		for _, sys := range o.systems {
 			s := sums[key{streams, sys}]
 			if s == nil {
 				continue
 			}
-			fmt.Fprintf(w, "%-6d %-9s %9.0f %9.4f %7.0f %7.0f %8.0f %8.2f %9.1f %9.2f %7.2f %7.3f\n",
+			fmt.Fprintf(w, "%-6d %-9s %9.0f %9.4f %7.0f %7.0f %8.0f %8.2f %9.1f %9.2f %7.2f %8.2f %7.2f %7.3f\n",
 				streams, sys, median(s.delivered), 100*maxOf(s.loss), median(s.p50), median(s.p99), maxOf(s.p99),
-				median(s.cpu), median(s.rss)/1e6, median(s.drss)/1e6, median(s.drssGC)/1e6, median(s.ratio))
+				median(s.cpu), median(s.rss)/1e6, median(s.drss)/1e6, median(s.drssGC)/1e6, median(s.mrss)/1e6, median(s.mrssGC)/1e6, median(s.ratio))
 		}
 	}
 
@@ -142,9 +144,19 @@ func summarize(w io.Writer, o *options, results []*result) error {
 			l50*50, eng, p99, maxOf(get(l50, eng).p99), verdict(p99 < 1000, p99))
 	}
 	if slices.Contains(o.systems, "epoll") {
-		d := median(get(lmax, "epoll").drss)
-		fmt.Fprintf(w, "target RSS < 2 MB per 1,000 calls, epoll, %d calls: %.2f MB per 1,000 calls (%.2f MB after FreeOSMemory; RSS %.1f MB in all)  %s\n",
-			lmax/2, d/1e6, median(get(lmax, "epoll").drssGC)/1e6, median(get(lmax, "epoll").rss)/1e6, verdict(d < 2e6, d))
+		// Two figures: the marginal cost at scale (what a running
+		// gateway pays per 1,000 more calls; the verdict) and the growth
+		// from the idle process, which also holds the Go runtime's fixed
+		// floor and what the first calls' garbage left behind.
+		s := get(lmax, "epoll")
+		d, m := median(s.drss), median(s.mrss)
+		if o.marginal > 0 {
+			base := max(lmax/2, o.marginal)
+			fmt.Fprintf(w, "target RSS < 2 MB per 1,000 calls, epoll, verdict on the marginal figure (mRSS/1k, RSS at %d minus at %d calls, same process): %.2f MB per 1,000 calls (%.2f MB after FreeOSMemory)  %s\n",
+				base+o.marginal, base, m/1e6, median(s.mrssGC)/1e6, verdict(m < 2e6, m))
+		}
+		fmt.Fprintf(w, "target RSS < 2 MB per 1,000 calls, epoll, from the idle process (dRSS/1k, %d calls; includes the runtime's fixed floor): %.2f MB per 1,000 calls (%.2f MB after FreeOSMemory; RSS %.1f MB in all)  %s\n",
+			lmax/2, d/1e6, median(s.drssGC)/1e6, median(s.rss)/1e6, verdict(d < 2e6, d))
 	}
 	if slices.Contains(o.systems, "direct") {
 		fmt.Fprintf(w, "harness ceiling (direct, no relay) at %d pps: loss worst %.4f%%, p99 %.0f us\n",

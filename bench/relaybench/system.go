@@ -5,7 +5,7 @@ package main
 import (
 	"bufio"
 	"context"
-	"encoding/json"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -46,22 +47,123 @@ const (
 	envPorts = "RELAYBENCH_PORTS"
 )
 
-// ctlReq and ctlResp are the control protocol between the harness and the
-// relay child, one JSON object per line each way.
+// The control protocol between the harness and the relay child: binary
+// frames on its stdin and stdout, so that the child, the process whose
+// memory is measured, makes no garbage of its own per call (JSON decoding
+// made ~1 KB per message, counted in its RSS). A request is an op byte and
+// three fields (call ID, tag, SDP), each a 4-byte big-endian length and the
+// bytes; a response is a status byte (0 ok, 1 error) and one such field
+// (the SDP, or the error text).
+const (
+	opPing byte = iota
+	opOffer
+	opAnswer
+	opDelete
+	opGC // return garbage to the OS, so RSS shows what is live
+)
+
+// ctlReq is one request.
 type ctlReq struct {
-	Op     string `json:"op"` // ping | offer | answer | delete | gc
-	CallID string `json:"call_id,omitempty"`
-	Tag    string `json:"tag,omitempty"`
-	SDP    []byte `json:"sdp,omitempty"`
+	Op     byte
+	CallID string
+	Tag    string
+	SDP    []byte
 }
 
-type ctlResp struct {
-	SDP []byte `json:"sdp,omitempty"`
-	Err string `json:"err,omitempty"`
+// ctlConn reads and writes frames with reused buffers.
+type ctlConn struct {
+	r   *bufio.Reader
+	w   *bufio.Writer
+	buf []byte
+}
+
+func newCtlConn(r io.Reader, w io.Writer) *ctlConn {
+	return &ctlConn{r: bufio.NewReaderSize(r, 4096), w: bufio.NewWriterSize(w, 4096)}
+}
+
+func (c *ctlConn) putField(b []byte) {
+	var n [4]byte
+	binary.BigEndian.PutUint32(n[:], uint32(len(b)))
+	c.w.Write(n[:])
+	c.w.Write(b)
+}
+
+// field reads one field into c.buf from off on and returns the buffer's
+// new length.
+func (c *ctlConn) field(off int) (int, error) {
+	var n [4]byte
+	if _, err := io.ReadFull(c.r, n[:]); err != nil {
+		return 0, err
+	}
+	l := int(binary.BigEndian.Uint32(n[:]))
+	if l > 1<<20 {
+		return 0, fmt.Errorf("relaybench: control field of %d bytes", l)
+	}
+	c.buf = slices.Grow(c.buf[:off], l)[:off+l]
+	_, err := io.ReadFull(c.r, c.buf[off:])
+	return off + l, err
+}
+
+// writeReq sends q.
+func (c *ctlConn) writeReq(q *ctlReq) error {
+	c.w.WriteByte(q.Op)
+	c.putField([]byte(q.CallID))
+	c.putField([]byte(q.Tag))
+	c.putField(q.SDP)
+	return c.w.Flush()
+}
+
+// readReq reads a request: its op and its call ID, tag and SDP, which
+// alias c.buf until the next read.
+func (c *ctlConn) readReq() (op byte, callID, tag, sdp []byte, err error) {
+	if op, err = c.r.ReadByte(); err != nil {
+		return
+	}
+	var a, b, e int
+	if a, err = c.field(0); err != nil {
+		return
+	}
+	if b, err = c.field(a); err != nil {
+		return
+	}
+	if e, err = c.field(b); err != nil {
+		return
+	}
+	return op, c.buf[:a], c.buf[a:b], c.buf[b:e], nil
+}
+
+// writeResp sends a response: sdp, or err's text.
+func (c *ctlConn) writeResp(sdp []byte, err error) error {
+	if err != nil {
+		c.w.WriteByte(1)
+		c.putField([]byte(err.Error()))
+	} else {
+		c.w.WriteByte(0)
+		c.putField(sdp)
+	}
+	return c.w.Flush()
+}
+
+// readResp reads a response; the SDP is a copy.
+func (c *ctlConn) readResp() ([]byte, error) {
+	st, err := c.r.ReadByte()
+	if err != nil {
+		return nil, err
+	}
+	n, err := c.field(0)
+	if err != nil {
+		return nil, err
+	}
+	if st != 0 {
+		return nil, errors.New(string(c.buf[:n]))
+	}
+	return slices.Clone(c.buf[:n]), nil
 }
 
 // relayChild runs our relay with engine until stdin closes; it is the
-// process whose CPU and memory are measured.
+// process whose CPU and memory are measured. Per call it allocates only
+// what the b2bua would hold too: the call ID and tag strings (the call ID
+// once per call, as the b2bua keeps it across offer, answer and delete).
 func relayChild(engine string, stdin io.Reader, stdout io.Writer) error {
 	pmin, pmax, err := parsePorts(os.Getenv(envPorts))
 	if err != nil {
@@ -80,32 +182,31 @@ func relayChild(engine string, stdin io.Reader, stdout io.Writer) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
-	dec := json.NewDecoder(bufio.NewReader(stdin))
-	enc := json.NewEncoder(stdout)
+	c := newCtlConn(stdin, stdout)
+	var lastID string
 	for {
-		var q ctlReq
-		if err := dec.Decode(&q); err != nil {
+		op, id, tag, sdp, err := c.readReq()
+		if err != nil {
 			break // stdin closed: the harness is done with us
 		}
-		var resp ctlResp
-		var err error
-		switch q.Op {
-		case "ping":
-		case "offer":
-			resp.SDP, err = r.Offer(ctx, q.CallID, q.Tag, q.SDP)
-		case "answer":
-			resp.SDP, err = r.Answer(ctx, q.CallID, q.Tag, q.SDP)
-		case "delete":
-			err = r.Delete(q.CallID)
-		case "gc": // return garbage to the OS, so RSS shows what is live
+		if string(id) != lastID { // no allocation for the comparison
+			lastID = string(id)
+		}
+		var out []byte
+		switch op {
+		case opPing:
+		case opOffer:
+			out, err = r.Offer(ctx, lastID, string(tag), sdp)
+		case opAnswer:
+			out, err = r.Answer(ctx, lastID, string(tag), sdp)
+		case opDelete:
+			err = r.Delete(lastID)
+		case opGC:
 			debug.FreeOSMemory()
 		default:
-			err = fmt.Errorf("unknown op %q", q.Op)
+			err = fmt.Errorf("unknown op %d", op)
 		}
-		if err != nil {
-			resp.Err = err.Error()
-		}
-		if err := enc.Encode(&resp); err != nil {
+		if err := c.writeResp(out, err); err != nil {
 			break
 		}
 	}
@@ -149,8 +250,7 @@ func stopCmd(cmd *exec.Cmd, waited <-chan error) error {
 type ourRelay struct {
 	cmd    *exec.Cmd
 	in     io.WriteCloser
-	dec    *json.Decoder
-	enc    *json.Encoder
+	ctl    *ctlConn
 	waited chan error
 	stderr *os.File
 }
@@ -181,10 +281,10 @@ func startOurRelay(engine string, cpu, pmin, pmax int, dir string) (*ourRelay, e
 		stderr.Close()
 		return nil, fmt.Errorf("relaybench: start relay: %w", err)
 	}
-	r := &ourRelay{cmd: cmd, in: in, dec: json.NewDecoder(bufio.NewReader(out)), enc: json.NewEncoder(in),
+	r := &ourRelay{cmd: cmd, in: in, ctl: newCtlConn(out, in),
 		waited: make(chan error, 1), stderr: stderr}
 	go func() { r.waited <- cmd.Wait() }()
-	if _, err := r.do(ctlReq{Op: "ping"}); err != nil {
+	if _, err := r.do(ctlReq{Op: opPing}); err != nil {
 		r.close()
 		return nil, fmt.Errorf("relaybench: relay %s did not start: %w (log: %s)", engine, err, stderr.Name())
 	}
@@ -192,17 +292,10 @@ func startOurRelay(engine string, cpu, pmin, pmax int, dir string) (*ourRelay, e
 }
 
 func (r *ourRelay) do(q ctlReq) ([]byte, error) {
-	if err := r.enc.Encode(&q); err != nil {
+	if err := r.ctl.writeReq(&q); err != nil {
 		return nil, err
 	}
-	var resp ctlResp
-	if err := r.dec.Decode(&resp); err != nil {
-		return nil, err
-	}
-	if resp.Err != "" {
-		return nil, errors.New(resp.Err)
-	}
-	return resp.SDP, nil
+	return r.ctl.readResp()
 }
 
 func (r *ourRelay) pid() int              { return r.cmd.Process.Pid }
@@ -224,15 +317,15 @@ func (r *ourRelay) close() error {
 type relayMedia struct{ r *ourRelay }
 
 func (m relayMedia) Offer(_ context.Context, callID, tag string, sdp []byte) ([]byte, error) {
-	return m.r.do(ctlReq{Op: "offer", CallID: callID, Tag: tag, SDP: sdp})
+	return m.r.do(ctlReq{Op: opOffer, CallID: callID, Tag: tag, SDP: sdp})
 }
 
 func (m relayMedia) Answer(_ context.Context, callID, tag string, sdp []byte) ([]byte, error) {
-	return m.r.do(ctlReq{Op: "answer", CallID: callID, Tag: tag, SDP: sdp})
+	return m.r.do(ctlReq{Op: opAnswer, CallID: callID, Tag: tag, SDP: sdp})
 }
 
 func (m relayMedia) Delete(callID string) error {
-	_, err := m.r.do(ctlReq{Op: "delete", CallID: callID})
+	_, err := m.r.do(ctlReq{Op: opDelete, CallID: callID})
 	return err
 }
 
