@@ -3,6 +3,7 @@ package b2bua
 import (
 	"context"
 	"runtime"
+	"sync/atomic"
 	"time"
 )
 
@@ -30,6 +31,7 @@ func runStackBallast(ctx context.Context) {
 	n := 0
 	topUp := func() {
 		for n < ballastMax && 2*n < 3*(runtime.NumGoroutine()-n) {
+			ballastStarted.Add(1)
 			go stackBallast(ctx.Done())
 			n++
 		}
@@ -53,6 +55,13 @@ func runStackBallast(ctx context.Context) {
 //go:noinline
 func stackBallast(done <-chan struct{}) byte {
 	var pad [ballastFrame]byte
+	ballastParked.Add(1)
 	<-done
+	ballastParked.Add(-1)
+	ballastStarted.Add(-1)
 	return pad[len(done)%len(pad)]
 }
+
+// ballastStarted and ballastParked count the ballast goroutines of the
+// process started and reaching their wait (for TestStackBallast).
+var ballastStarted, ballastParked atomic.Int32

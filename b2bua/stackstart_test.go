@@ -4,7 +4,6 @@ import (
 	"context"
 	"runtime"
 	"runtime/metrics"
-	"strings"
 	"sync"
 	"testing"
 )
@@ -33,9 +32,14 @@ func TestStackBallast(t *testing.T) {
 		cancel()
 		<-done
 	}()
-	// Wait until the first top-up's goroutines (1.5 per other goroutine)
-	// are parked in stackBallast: a GC cycle counts the stacks it scans.
-	for ballastRunning() < 75 {
+	// Wait until the first top-up is complete (1.5 ballast goroutines per
+	// other goroutine) and every ballast goroutine holds its frame: the
+	// GC cycles count the stacks as they scan them.
+	for {
+		started, parked := int(ballastStarted.Load()), int(ballastParked.Load())
+		if started > 0 && parked == started && (started >= ballastMax || 2*started >= 3*(runtime.NumGoroutine()-started)) {
+			break
+		}
 		runtime.Gosched()
 	}
 	if got := startingStackSize(); got < 8<<10 {
@@ -53,16 +57,4 @@ func startingStackSize() uint64 {
 	s := []metrics.Sample{{Name: "/gc/stack/starting-size:bytes"}}
 	metrics.Read(s)
 	return s[0].Value.Uint64()
-}
-
-// ballastRunning counts goroutines parked in stackBallast.
-func ballastRunning() int {
-	buf := make([]byte, 1<<20)
-	for {
-		n := runtime.Stack(buf, true)
-		if n < len(buf) {
-			return strings.Count(string(buf[:n]), "b2bua.stackBallast(")
-		}
-		buf = make([]byte, 2*len(buf))
-	}
 }
