@@ -70,6 +70,7 @@ type epollEngine struct {
 
 	retireMu sync.Mutex
 	retired  []retiredFD
+	seen     []uint64 // len(workers) per retired entry, in its order: no allocation per retired socket
 	nRetired atomic.Int32
 }
 
@@ -102,24 +103,12 @@ type epollWorker struct {
 	poll   func(uintptr) bool // is the gate ready? made once (no closure per wait)
 }
 
-// epollSock is the engine's part of a socket, in sock.worker.
-type epollSock struct {
-	w  *epollWorker // set by start
-	fd int32        // a duplicate of the net.UDPConn's, owned by the engine
-	v6 bool         // an AF_INET6 socket
-	// pooled: fd belongs to the relay's pool, which gets the sock back
-	// (sockEnv.detached) instead of the engine closing fd.
-	pooled bool
-	dead   atomic.Bool // stopped: nothing more is sent through fd
-}
-
-// retiredFD is the descriptor of a stopped socket and each worker's seq
-// when it was stopped; it is closed when every worker that was inside a
-// batch then has left that batch.
+// retiredFD is the descriptor of a stopped socket; it is closed when every
+// worker that was inside a batch when it was stopped has left that batch
+// (the workers' seqs then are its row of epollEngine.seen).
 type retiredFD struct {
-	fd   int32
-	seen []uint64
-	s    *sock // a pooled sock: handed back, not closed
+	fd int32
+	s  *sock // a pooled sock: handed back, not closed
 }
 
 // release closes a retired descriptor, or hands a pooled sock back to the
@@ -222,14 +211,15 @@ func (w *epollWorker) close() {
 }
 
 // prepare takes s off the runtime's netpoller: the engine keeps a
-// duplicate of its descriptor and closes the net.UDPConn. It is idempotent.
-func (e *epollEngine) prepare(s *sock) (*epollSock, error) {
-	if es, ok := s.worker.(*epollSock); ok {
+// duplicate of its descriptor (in s.fd) and closes the net.UDPConn. It is
+// idempotent.
+func (e *epollEngine) prepare(s *sock) (*epollState, error) {
+	es := &s.ep
+	if es.prepared {
 		return es, nil
 	}
 	if s.conn == nil { // a raw socket of the relay's pool: served as it is, handed back when retired
-		es := &epollSock{fd: s.fd, v6: s.env.v6, pooled: true}
-		s.worker = es
+		es.v6, es.pooled, es.prepared = s.env.v6, true, true
 		return es, nil
 	}
 	raw, err := s.conn.SyscallConn()
@@ -250,8 +240,8 @@ func (e *epollEngine) prepare(s *sock) (*epollSock, error) {
 	}
 	_, v6 := sa.(*unix.SockaddrInet6)
 	s.conn.Close() // the duplicate keeps the socket and its port
-	es := &epollSock{fd: int32(fd), v6: v6}
-	s.fd, s.worker = es.fd, es
+	s.fd = int32(fd)
+	es.v6, es.prepared = v6, true
 	return es, nil
 }
 
@@ -274,20 +264,20 @@ func (e *epollEngine) start(s *sock) {
 	w := e.workers[int(e.next.Add(1))%len(e.workers)]
 	es.w = w
 	w.mu.Lock()
-	if int(es.fd) >= len(w.socks) {
-		w.socks = append(w.socks, make([]*sock, int(es.fd)+1-len(w.socks))...)
+	if int(s.fd) >= len(w.socks) {
+		w.socks = append(w.socks, make([]*sock, int(s.fd)+1-len(w.socks))...)
 		w.socks = w.socks[:cap(w.socks)]
 	}
-	w.socks[es.fd] = s
+	w.socks[s.fd] = s
 	w.mu.Unlock()
-	if err := unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, int(es.fd), &unix.EpollEvent{Events: unix.EPOLLIN, Fd: es.fd}); err != nil {
+	if err := unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, int(s.fd), &unix.EpollEvent{Events: unix.EPOLLIN, Fd: s.fd}); err != nil {
 		e.log.Error("epoll add", "call_id", s.callID, "err", err)
 	}
 }
 
 func (e *epollEngine) stop(s *sock) {
-	es, ok := s.worker.(*epollSock)
-	if !ok { // never served
+	es := &s.ep
+	if !es.prepared { // never served
 		if s.conn != nil {
 			s.conn.Close()
 		} else {
@@ -299,16 +289,16 @@ func (e *epollEngine) stop(s *sock) {
 		return
 	}
 	if w := es.w; w != nil {
-		unix.EpollCtl(w.epfd, unix.EPOLL_CTL_DEL, int(es.fd), nil)
+		unix.EpollCtl(w.epfd, unix.EPOLL_CTL_DEL, int(s.fd), nil)
 		w.mu.Lock()
-		w.socks[es.fd] = nil
+		w.socks[s.fd] = nil
 		w.mu.Unlock()
 	}
 	if es.pooled {
-		e.retireSock(es.fd, s)
+		e.retireSock(s.fd, s)
 		return
 	}
-	e.retire(es.fd)
+	e.retire(s.fd)
 }
 
 // detaches: stopped pooled socks go back through sockEnv.detached
@@ -323,12 +313,11 @@ func (e *epollEngine) retire(fd int32) { e.retireSock(fd, nil) }
 // retireSock is retire for the descriptor of s; a pooled one is handed back
 // to the relay instead of closed.
 func (e *epollEngine) retireSock(fd int32, s *sock) {
-	seen := make([]uint64, len(e.workers))
-	for i, w := range e.workers {
-		seen[i] = w.seq.Load()
-	}
 	e.retireMu.Lock()
-	e.retired = append(e.retired, retiredFD{fd: fd, seen: seen, s: s})
+	for _, w := range e.workers {
+		e.seen = append(e.seen, w.seq.Load())
+	}
+	e.retired = append(e.retired, retiredFD{fd: fd, s: s})
 	e.nRetired.Add(1)
 	e.retireMu.Unlock()
 	e.reap()
@@ -338,9 +327,11 @@ func (e *epollEngine) retireSock(fd int32, s *sock) {
 func (e *epollEngine) reap() {
 	e.retireMu.Lock()
 	defer e.retireMu.Unlock()
+	n := len(e.workers)
 	keep := e.retired[:0]
-	for _, r := range e.retired {
-		if e.inUse(r.seen) {
+	for i, r := range e.retired {
+		if seen := e.seen[i*n : (i+1)*n]; e.inUse(seen) {
+			copy(e.seen[len(keep)*n:], seen)
 			keep = append(keep, r)
 			continue
 		}
@@ -348,6 +339,7 @@ func (e *epollEngine) reap() {
 	}
 	clear(e.retired[len(keep):])
 	e.retired = keep
+	e.seen = e.seen[:len(keep)*n]
 	e.nRetired.Store(int32(len(keep)))
 }
 
@@ -373,7 +365,7 @@ func (e *epollEngine) wait() {
 	for _, r := range e.retired { // no worker left
 		r.release()
 	}
-	e.retired = nil
+	e.retired, e.seen = nil, nil
 	e.nRetired.Store(0)
 	e.retireMu.Unlock()
 }
@@ -554,30 +546,29 @@ func epollForward(s *sock, p []byte, src netip.AddrPort, now int64) {
 	if !ok {
 		return
 	}
-	o, _ := out.worker.(*epollSock)
-	if o == nil || o.dead.Load() || sendTo(o, p, dst) != 0 {
+	if o := &out.ep; !o.prepared || o.dead.Load() || sendTo(out.fd, o.v6, p, dst) != 0 {
 		s.st.dropped.Add(1)
 		return
 	}
 	out.sent(len(p))
 }
 
-// sendTo sends p from o to dst without blocking (a full send buffer drops
-// the packet).
-func sendTo(o *epollSock, p []byte, dst netip.AddrPort) syscall.Errno {
+// sendTo sends p from fd (an AF_INET6 socket if v6) to dst without
+// blocking (a full send buffer drops the packet).
+func sendTo(fd int32, v6 bool, p []byte, dst netip.AddrPort) syscall.Errno {
 	var ptr unsafe.Pointer
 	var n uintptr
 	var sa4 unix.RawSockaddrInet4
 	var sa6 unix.RawSockaddrInet6
 	a := dst.Addr()
 	switch {
-	case !o.v6 && a.Is4():
+	case !v6 && a.Is4():
 		sa4.Family = unix.AF_INET
 		sa4.Addr = a.As4()
 		pp := (*[2]byte)(unsafe.Pointer(&sa4.Port))
 		pp[0], pp[1] = byte(dst.Port()>>8), byte(dst.Port())
 		ptr, n = unsafe.Pointer(&sa4), unix.SizeofSockaddrInet4
-	case o.v6:
+	case v6:
 		sa6.Family = unix.AF_INET6
 		sa6.Addr = a.As16() // an IPv4 address becomes v4-mapped
 		pp := (*[2]byte)(unsafe.Pointer(&sa6.Port))
@@ -590,7 +581,7 @@ func sendTo(o *epollSock, p []byte, dst netip.AddrPort) syscall.Errno {
 	if len(p) > 0 {
 		b = unsafe.Pointer(&p[0])
 	}
-	_, _, errno := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(o.fd), uintptr(b), uintptr(len(p)),
+	_, _, errno := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(b), uintptr(len(p)),
 		unix.MSG_DONTWAIT, uintptr(ptr), n)
 	return errno
 }

@@ -115,6 +115,37 @@ func TestEpollRetire(t *testing.T) {
 	if e.nRetired.Load() != 0 || len(e.retired) != 0 {
 		t.Errorf("retired list %v after reaping", e.retired)
 	}
+
+	// Two retired at different times: the first is closed when its batch
+	// ends, while the second (its workers' seqs moved to the front of the
+	// list) waits for the batch it was stopped in.
+	open2 := func(fd int) bool { _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); return err == nil }
+	var fds [2]int
+	for i := range fds {
+		if fds[i], err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	busy.seq.Add(1) // 9: a new batch
+	e.retire(int32(fds[0]))
+	idle.seq.Add(1) // 7: the idle worker starts one too
+	busy.seq.Add(2) // 11: the busy one left the first and is in another
+	e.retire(int32(fds[1]))
+	if open2(fds[0]) || !open2(fds[1]) || e.nRetired.Load() != 1 {
+		t.Fatalf("after the first batch ended: open %v %v, %d retired; want closed, open, 1",
+			open2(fds[0]), open2(fds[1]), e.nRetired.Load())
+	}
+	busy.seq.Add(1)
+	e.reap()
+	if !open2(fds[1]) {
+		t.Fatal("closed while the idle worker's batch could still use it")
+	}
+	idle.seq.Add(1)
+	e.reap()
+	if open2(fds[1]) || len(e.retired) != 0 || len(e.seen) != 0 {
+		unix.Close(fds[1])
+		t.Fatalf("still open or listed after every batch ended (%d retired, %d seqs)", len(e.retired), len(e.seen))
+	}
 }
 
 // TestEpollSendTo sends from an IPv4 and an IPv6 socket (to a v6 and a
@@ -137,11 +168,11 @@ func TestEpollSendTo(t *testing.T) {
 	}
 	defer e.stop(v4)
 	dst4 := listenPhone(t)
-	if errno := sendTo(o4, []byte("four"), dst4.LocalAddr().(*net.UDPAddr).AddrPort()); errno != 0 {
+	if errno := sendTo(v4.fd, o4.v6, []byte("four"), dst4.LocalAddr().(*net.UDPAddr).AddrPort()); errno != 0 {
 		t.Fatal(errno)
 	}
 	recv(dst4, []byte("four"))
-	if errno := sendTo(o4, []byte("x"), netip.MustParseAddrPort("[::1]:9")); errno != unix.EAFNOSUPPORT {
+	if errno := sendTo(v4.fd, o4.v6, []byte("x"), netip.MustParseAddrPort("[::1]:9")); errno != unix.EAFNOSUPPORT {
 		t.Errorf("IPv6 destination on an IPv4 socket: %v, want EAFNOSUPPORT", errno)
 	}
 
@@ -158,7 +189,7 @@ func TestEpollSendTo(t *testing.T) {
 	if !o6.v6 {
 		t.Fatal("an IPv6 socket was not recognised")
 	}
-	if errno := sendTo(o6, []byte("mapped"), dst4.LocalAddr().(*net.UDPAddr).AddrPort()); errno != 0 {
+	if errno := sendTo(v6.fd, o6.v6, []byte("mapped"), dst4.LocalAddr().(*net.UDPAddr).AddrPort()); errno != 0 {
 		t.Fatal(errno)
 	}
 	recv(dst4, []byte("mapped"))
@@ -167,7 +198,7 @@ func TestEpollSendTo(t *testing.T) {
 		t.Skipf("no ::1: %v", err)
 	}
 	defer dst6.Close()
-	if errno := sendTo(o6, []byte("six"), dst6.LocalAddr().(*net.UDPAddr).AddrPort()); errno != 0 {
+	if errno := sendTo(v6.fd, o6.v6, []byte("six"), dst6.LocalAddr().(*net.UDPAddr).AddrPort()); errno != 0 {
 		t.Fatal(errno)
 	}
 	recv(dst6, []byte("six"))

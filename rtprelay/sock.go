@@ -82,8 +82,8 @@ type sock struct {
 	// fromPort and fromAddr (below) are the latched source, owned by the
 	// packet path; split so that they pack.
 	fromPort uint16
-	callID   string // for logs only
-	worker   any    // engine-owned
+	callID   string     // for logs only
+	ep       epollState // the epoll engine's part (engine_epoll_linux.go)
 
 	peer    atomic.Pointer[netip.AddrPort] // where packets for this side go; nil: nowhere
 	learn   atomic.Pointer[learnState]
@@ -96,6 +96,19 @@ type sock struct {
 	seenGen    uint32
 	floodStart int64
 	fromAddr   netip.Addr
+}
+
+// epollState is the epoll engine's part of a socket, kept in the sock (16
+// bytes, as the interface it replaced) so that serving a socket allocates
+// nothing.
+type epollState struct {
+	w    *epollWorker // set by start
+	dead atomic.Bool  // stopped: nothing more is sent through the socket
+	v6   bool         // an AF_INET6 socket
+	// pooled: the descriptor belongs to the relay's pool, which gets the
+	// sock back (sockEnv.detached) instead of the engine closing it.
+	pooled   bool
+	prepared bool // the engine serves sock.fd (prepare ran)
 }
 
 // endpoint returns the endpoint s is part of (its rtp or rtcp field, by li).
