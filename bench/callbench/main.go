@@ -100,6 +100,7 @@ type options struct {
 	kamailio  string
 	rtpengine string
 	logLevel  string // the gateway's log.level
+	memLimit  int    // the gateway's runtime.memory_limit in MiB (0: none)
 	kamChild  int    // Kamailio UDP worker processes
 	keep      bool   // keep the working directory
 	trace     bool   // the callee traces every message (SIPp -trace_msg)
@@ -128,6 +129,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	kam := fs.String("kamailio", "kamailio", "Kamailio binary")
 	rtpe := fs.String("rtpengine", "rtpengine", "rtpengine binary")
 	logLevel := fs.String("gateway-log-level", "info", "the gateway's log.level (its JSON log goes to a file in the work dir)")
+	memLimit := fs.Int("gateway-memory-limit", 0, "the gateway's runtime.memory_limit in MiB (GOMEMLIMIT; 0: none, the default)")
 	kamChild := fs.Int("kamailio-children", 8, "Kamailio UDP worker processes")
 	keep := fs.Bool("keep", false, "keep the work dir (configs, logs, SIPp statistics)")
 	trace := fs.Bool("trace", false, "the callee writes every SIP message it sees into its dir (with -keep: to check what the systems forward)")
@@ -144,7 +146,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
 	o := &options{runs: *runs, duration: *duration, callLen: *callLen, settle: 2 * time.Second,
-		sutCPU: *sutCPU, sippCPU: *sippCPU, gateway: *gw, logLevel: *logLevel, kamChild: *kamChild,
+		sutCPU: *sutCPU, sippCPU: *sippCPU, gateway: *gw, logLevel: *logLevel, memLimit: *memLimit, kamChild: *kamChild,
 		keep: *keep, trace: *trace, workdir: *workdir, perf: *perf, idleBelow: *idleBelow, idleWait: *idleWait, busyProbe: time.Second, verbose: io.Discard}
 	if *verbose {
 		o.verbose = stderr
@@ -168,6 +170,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		default:
 			return nil, fmt.Errorf("-systems: unknown system %q", f)
 		}
+	}
+	if o.memLimit < 0 {
+		return nil, errors.New("-gateway-memory-limit must not be negative")
 	}
 	if o.runs < 1 || o.duration <= 0 || o.callLen <= 0 {
 		return nil, errors.New("-runs must be >= 1, -duration and -call-length positive")
@@ -273,8 +278,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	host, _ := os.Hostname()
 	fmt.Fprintf(stdout, "# callbench %s: host %s, %d CPUs, %s/%s, %s; system under test on cpu %d, SIPp (caller and callee) on cpu %d\n",
 		time.Now().UTC().Format(time.RFC3339), host, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, runtime.Version(), o.sutCPU, o.sippCPU)
-	fmt.Fprintf(stdout, "# rates (calls/s): %v; systems: %v; runs %d; calls placed for %v per rate, %v calls; gateway log.level %s; kamailio children %d; open files %d\n",
-		o.rates, o.systems, o.runs, o.duration, o.callLen, o.logLevel, o.kamChild, nofileLimit())
+	fmt.Fprintf(stdout, "# rates (calls/s): %v; systems: %v; runs %d; calls placed for %v per rate, %v calls; gateway log.level %s, memory limit %s; kamailio children %d; open files %d\n",
+		o.rates, o.systems, o.runs, o.duration, o.callLen, o.logLevel, memLimitText(o.memLimit), o.kamChild, nofileLimit())
 	fmt.Fprintf(stdout, "%-3s %-5s %-8s %7s %7s %7s %6s %6s %7s %6s %6s %8s %6s %7s %6s %5s %-14s %s\n",
 		"run", "rate", "system", "attempt", "success", "failed", "retr", "gen_cps", "p50_ms", "p99_ms", "pass", "cpu_ms/c", "sut%", "peak_MB", "sipp%", "busy%", "loadavg", "note")
 	var results []*result
@@ -319,4 +324,12 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	case <-ctx.Done():
 		return false
 	}
+}
+
+// memLimitText is the gateway's memory limit as the header prints it.
+func memLimitText(mib int) string {
+	if mib == 0 {
+		return "none"
+	}
+	return strconv.Itoa(mib) + " MiB"
 }

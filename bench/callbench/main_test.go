@@ -13,6 +13,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/cusax-gw/cusax-gw/internal/config"
 	"github.com/cusax-gw/cusax-gw/internal/testenv"
 )
 
@@ -121,5 +122,27 @@ func TestPassAndMedian(t *testing.T) {
 	}
 	if got := median([]float64{3, math.NaN(), 1, 2, 10}); got != 2.5 {
 		t.Errorf("median = %v, want 2.5", got)
+	}
+}
+
+// TestGatewayConfig renders the gateway's configuration with and without
+// -gateway-memory-limit and loads it as the daemon does.
+func TestGatewayConfig(t *testing.T) {
+	for _, mib := range []int{0, 350} {
+		var b bytes.Buffer
+		if err := gatewayConfig.Execute(&b, map[string]any{"LogLevel": "info", "Admin": 1, "XMPP": 2, "SIP": 3,
+			"Callee": calleeIP + ":4", "Dir": t.TempDir(), "MemLimit": mib << 20}); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := config.Load(&b, "config.yaml", nil)
+		if err == nil {
+			err = cfg.Validate()
+		}
+		if err != nil {
+			t.Fatalf("memory limit %d MiB: %v\n%s", mib, err, &b)
+		}
+		if got := cfg.Runtime.MemoryLimit; got != mib<<20 {
+			t.Errorf("runtime.memory_limit = %d, want %d", got, mib<<20)
+		}
 	}
 }

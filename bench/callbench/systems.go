@@ -147,6 +147,10 @@ rtp:
   backend: embedded
 shutdown:
   drain: 2s
+{{- if .MemLimit}}
+runtime:
+  memory_limit: {{.MemLimit}}
+{{- end}}
 `))
 
 func startGateway(o *options, dir, callee string) (*system, error) {
@@ -160,7 +164,7 @@ func startGateway(o *options, dir, callee string) (*system, error) {
 	}
 	var conf bytes.Buffer
 	if err := gatewayConfig.Execute(&conf, map[string]any{"LogLevel": o.logLevel, "Admin": ports[0], "XMPP": ports[1],
-		"SIP": ports[2], "Callee": callee, "Dir": gdir}); err != nil {
+		"SIP": ports[2], "Callee": callee, "Dir": gdir, "MemLimit": o.memLimit << 20}); err != nil {
 		return nil, err
 	}
 	cfg := filepath.Join(gdir, "config.yaml")
