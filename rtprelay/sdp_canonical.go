@@ -125,10 +125,7 @@ func (p *parsedSDP) canonicalLines() bool {
 			cur = &p.media[len(p.media)-1]
 		}
 	}
-	if rank < rankT {
-		return false
-	}
-	return true
+	return rank >= rankT
 }
 
 // Ranks of canonical line types: session v o s i e p c b t a (0-9), then
