@@ -17,6 +17,7 @@ import (
 // stream: one allocation for both socks.
 type endpoint struct {
 	pair      *pair
+	callID    string       // for logs only (once here, not in each sock)
 	pending   atomic.Int32 // stopped socks the engine has not let go of yet
 	rtpIn     rtpState     // of what rtp receives; owned by its packet path
 	rtp, rtcp sock
@@ -335,8 +336,9 @@ func (r *Relay) newEndpoint(callID string) (*endpoint, error) {
 		return nil, err
 	}
 	e := &endpoint{pair: pr}
-	initSock(e, 0, &r.env, pr.rtp, pr.rtpFD, callID)
-	initSock(e, 1, &r.env, pr.rtcp, pr.rtcpFD, callID)
+	e.callID = callID
+	initSock(e, 0, &r.env, pr.rtp, pr.rtpFD)
+	initSock(e, 1, &r.env, pr.rtcp, pr.rtcpFD)
 	return e, nil
 }
 

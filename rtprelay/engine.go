@@ -67,7 +67,7 @@ func (e *goEngine) serve(s *sock, buf []byte) (closed bool) {
 	defer func() {
 		if v := recover(); v != nil {
 			s.st.dropped.Add(1)
-			e.log.Error("packet path panic", "call_id", s.callID, "err", fmt.Sprint(v))
+			e.log.Error("packet path panic", "call_id", s.logCallID(), "err", fmt.Sprint(v))
 		}
 	}()
 	for {

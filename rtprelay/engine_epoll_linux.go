@@ -133,7 +133,7 @@ const (
 )
 
 func newEpollEngine(epoch time.Time, log *slog.Logger, workers int) engine {
-	return &epollEngine{epoch: epoch, log: log, n: workers}
+	return &epollEngine{epoch: epoch, log: log, n: min(workers, 255)} // epollState.wi
 }
 
 func (e *epollEngine) init() {
@@ -248,7 +248,7 @@ func (e *epollEngine) prepare(s *sock) (*epollState, error) {
 func (e *epollEngine) start(s *sock) {
 	e.once.Do(e.init)
 	if e.initErr != nil {
-		e.log.Error("epoll engine", "call_id", s.callID, "err", e.initErr)
+		e.log.Error("epoll engine", "call_id", s.logCallID(), "err", e.initErr)
 		return
 	}
 	es, err := e.prepare(s)
@@ -258,11 +258,12 @@ func (e *epollEngine) start(s *sock) {
 		_, err = e.prepare(s.out)
 	}
 	if err != nil { // the socket stays bound but unserved; its packets count nowhere
-		e.log.Error("epoll add", "call_id", s.callID, "err", err)
+		e.log.Error("epoll add", "call_id", s.logCallID(), "err", err)
 		return
 	}
-	w := e.workers[int(e.next.Add(1))%len(e.workers)]
-	es.w = w
+	wi := int(e.next.Add(1)) % len(e.workers)
+	w := e.workers[wi]
+	es.wi = uint8(wi + 1)
 	w.mu.Lock()
 	if int(s.fd) >= len(w.socks) {
 		w.socks = append(w.socks, make([]*sock, int(s.fd)+1-len(w.socks))...)
@@ -271,7 +272,7 @@ func (e *epollEngine) start(s *sock) {
 	w.socks[s.fd] = s
 	w.mu.Unlock()
 	if err := unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, int(s.fd), &unix.EpollEvent{Events: unix.EPOLLIN, Fd: s.fd}); err != nil {
-		e.log.Error("epoll add", "call_id", s.callID, "err", err)
+		e.log.Error("epoll add", "call_id", s.logCallID(), "err", err)
 	}
 }
 
@@ -288,7 +289,8 @@ func (e *epollEngine) stop(s *sock) {
 	if es.dead.Swap(true) {
 		return
 	}
-	if w := es.w; w != nil {
+	if es.wi != 0 {
+		w := e.workers[es.wi-1]
 		unix.EpollCtl(w.epfd, unix.EPOLL_CTL_DEL, int(s.fd), nil)
 		w.mu.Lock()
 		w.socks[s.fd] = nil
@@ -518,7 +520,7 @@ func (w *epollWorker) recv(s *sock, buf []byte, now int64) {
 	defer func() {
 		if v := recover(); v != nil {
 			s.st.dropped.Add(1)
-			w.e.log.Error("packet path panic", "call_id", s.callID, "err", fmt.Sprint(v))
+			w.e.log.Error("packet path panic", "call_id", s.logCallID(), "err", fmt.Sprint(v))
 		}
 	}()
 	var rsa unix.RawSockaddrAny

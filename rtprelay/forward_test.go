@@ -396,8 +396,8 @@ func testSocks() (a, b *sock, cnt *counters) {
 	m := NewMetrics(prometheus.NewRegistry())
 	cnt = newCounters(m)
 	env := &sockEnv{cnt: cnt, lim: limits{relatchAfter: int64(5 * time.Second), floodWindow: int64(10 * time.Millisecond), floodLimit: 100}}
-	a = initSock(&endpoint{}, 0, env, nil, -1, "c")
-	b = initSock(&endpoint{}, 0, env, nil, -1, "c")
+	a = initSock(&endpoint{callID: "c"}, 0, env, nil, -1)
+	b = initSock(&endpoint{callID: "c"}, 0, env, nil, -1)
 	a.out, b.out = b, a
 	return a, b, cnt
 }

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 var heapProfile = flag.String("heapprofile", "", "BenchmarkCallMemory: write a heap profile with the calls set up to this file (+ engine and call count); use with -memprofilerate=1")
@@ -145,5 +146,13 @@ func BenchmarkCallSetup(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestEndpointSize: an endpoint (two per anchored stream, the largest part
+// of a call's memory) stays within the 384-byte allocation size class.
+func TestEndpointSize(t *testing.T) {
+	if n := unsafe.Sizeof(endpoint{}); n > 384 {
+		t.Errorf("endpoint is %d bytes, want <= 384 (the next size class is 416)", n)
 	}
 }

@@ -82,7 +82,6 @@ type sock struct {
 	// fromPort and fromAddr (below) are the latched source, owned by the
 	// packet path; split so that they pack.
 	fromPort uint16
-	callID   string     // for logs only
 	ep       epollState // the epoll engine's part (engine_epoll_linux.go)
 
 	peer    atomic.Pointer[netip.AddrPort] // where packets for this side go; nil: nowhere
@@ -98,18 +97,21 @@ type sock struct {
 	fromAddr   netip.Addr
 }
 
-// epollState is the epoll engine's part of a socket, kept in the sock (16
-// bytes, as the interface it replaced) so that serving a socket allocates
-// nothing.
+// epollState is the epoll engine's part of a socket, kept in the sock (8
+// bytes) so that serving a socket allocates nothing.
 type epollState struct {
-	w    *epollWorker // set by start
-	dead atomic.Bool  // stopped: nothing more is sent through the socket
-	v6   bool         // an AF_INET6 socket
+	dead atomic.Bool // stopped: nothing more is sent through the socket
+	wi   uint8       // 1 + the index of the worker serving it (set by start); 0: none
+	v6   bool        // an AF_INET6 socket
 	// pooled: the descriptor belongs to the relay's pool, which gets the
 	// sock back (sockEnv.detached) instead of the engine closing it.
 	pooled   bool
 	prepared bool // the engine serves sock.fd (prepare ran)
 }
+
+// logCallID is the Call-ID of s's call, for logs (s must be part of an
+// endpoint, as every sock outside tests).
+func (s *sock) logCallID() string { return s.endpoint().callID }
 
 // endpoint returns the endpoint s is part of (its rtp or rtcp field, by li).
 func (s *sock) endpoint() *endpoint {
@@ -136,12 +138,12 @@ var noLearning = &learnState{}
 
 // initSock prepares the sock of ep for RTP (li 0: ep.rtp) or RTCP (li 1:
 // ep.rtcp), bound to conn or fd.
-func initSock(ep *endpoint, li uint8, env *sockEnv, conn *net.UDPConn, fd int32, callID string) *sock {
+func initSock(ep *endpoint, li uint8, env *sockEnv, conn *net.UDPConn, fd int32) *sock {
 	s := &ep.rtp
 	if li == 1 {
 		s = &ep.rtcp
 	}
-	*s = sock{env: env, conn: conn, fd: fd, li: li, callID: callID}
+	*s = sock{env: env, conn: conn, fd: fd, li: li}
 	s.learn.Store(noLearning)
 	return s
 }
