@@ -14,12 +14,16 @@ import (
 )
 
 // endpoint is the relay's RTP/RTCP socket pair facing one side of a
-// stream: one allocation for both socks.
+// stream: one allocation for both socks, 352 bytes.
 type endpoint struct {
-	pair      *pair
-	callID    string       // for logs only (once here, not in each sock)
-	pending   atomic.Int32 // stopped socks the engine has not let go of yet
-	rtpIn     rtpState     // of what rtp receives; owned by its packet path
+	pair    *pair
+	call    *call        // for logs only (its id; once here, not in each sock)
+	pending atomic.Int32 // stopped socks the engine has not let go of yet
+	lost    atomic.Int32 // RFC 3550 cumulative lost (a 24-bit field there), from rtp
+	rtpIn   rtpState     // of what rtp receives; owned by its packet path
+	// learn is what the last signalling event said of this side, for both
+	// socks (replaced, never written: the packet path reads it unlocked).
+	learn     atomic.Pointer[learnState]
 	rtp, rtcp sock
 }
 
@@ -216,7 +220,7 @@ func (r *Relay) apply(c *call, side int, p *parsedSDP, offer bool) ([]byte, erro
 		}
 		for _, s := range []int{side, other} {
 			if st.ends[s] == nil {
-				e, err := r.newEndpoint(c.id)
+				e, err := r.newEndpoint(c)
 				if err != nil {
 					c.streams = c.streams[:oldStreams]
 					return fail(err)
@@ -330,13 +334,12 @@ func setOrigin(sdp []byte, id, ver uint64, adv netip.Addr) []byte {
 	return append(out, rest...)
 }
 
-func (r *Relay) newEndpoint(callID string) (*endpoint, error) {
+func (r *Relay) newEndpoint(c *call) (*endpoint, error) {
 	pr, err := r.pool.get()
 	if err != nil {
 		return nil, err
 	}
-	e := &endpoint{pair: pr}
-	e.callID = callID
+	e := &endpoint{pair: pr, call: c}
 	initSock(e, 0, &r.env, pr.rtp, pr.rtpFD)
 	initSock(e, 1, &r.env, pr.rtcp, pr.rtcpFD)
 	return e, nil
@@ -481,9 +484,9 @@ func (r *Relay) Query(callID string) (Stats, error) {
 						last = max(last, k.st.lastRecv.Load())
 					}
 				}
-				ss.Lost = e.rtp.st.lost.Load()
-				if ls := e.rtp.learn.Load(); ls.nsPerTick > 0 {
-					ss.Jitter = time.Duration(int64(e.rtp.jitter.Load()) * ls.nsPerTick)
+				ss.Lost = int64(e.lost.Load())
+				if ls := e.learn.Load(); ls.nsPerTick > 0 {
+					ss.Jitter = time.Duration(int64(e.rtpIn.jitter16.Load()>>4) * int64(ls.nsPerTick))
 				}
 				if last >= 0 {
 					ss.LastPacket = time.Duration(now - last)

@@ -396,8 +396,8 @@ func testSocks() (a, b *sock, cnt *counters) {
 	m := NewMetrics(prometheus.NewRegistry())
 	cnt = newCounters(m)
 	env := &sockEnv{cnt: cnt, lim: limits{relatchAfter: int64(5 * time.Second), floodWindow: int64(10 * time.Millisecond), floodLimit: 100}}
-	a = initSock(&endpoint{callID: "c"}, 0, env, nil, -1)
-	b = initSock(&endpoint{callID: "c"}, 0, env, nil, -1)
+	a = initSock(&endpoint{call: &call{id: "c"}}, 0, env, nil, -1)
+	b = initSock(&endpoint{call: &call{id: "c"}}, 0, env, nil, -1)
 	a.out, b.out = b, a
 	return a, b, cnt
 }
@@ -494,13 +494,13 @@ func TestLossJitterSSRC(t *testing.T) {
 	} {
 		a.receive(rtpPacket(s.seq, s.ts, s.ssrc), src, s.at)
 	}
-	if got := a.st.lost.Load(); got != 2 {
+	if got := a.endpoint().lost.Load(); got != 2 {
 		t.Errorf("lost = %d, want 2 (7 and 8)", got)
 	}
 	if got := testutil.ToFloat64(cnt.lost); got != 3 {
 		t.Errorf("cusax_rtp_packets_lost_total = %v, want 3 (gaps; the late 3 is not taken back)", got)
 	}
-	if got := a.jitter.Load(); got == 0 || got > 40 {
+	if got := a.endpoint().rtpIn.jitter16.Load() >> 4; got == 0 || got > 40 {
 		t.Errorf("jitter = %d timestamp units, want a few (one packet 25 ms late)", got)
 	}
 	// Flood guard: 100 packets per window pass, the rest are dropped.
@@ -550,11 +550,11 @@ func TestForwardAllocs(t *testing.T) {
 // forwardRig binds two relay sockets wired to each other, the first
 // expecting and latched to a phone socket, the second sending to it.
 func forwardRig(t testing.TB, r *Relay) (sa, sb *sock, phone *net.UDPConn) {
-	ea, err := r.newEndpoint("bench")
+	ea, err := r.newEndpoint(&call{id: "bench"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	eb, err := r.newEndpoint("bench")
+	eb, err := r.newEndpoint(&call{id: "bench"})
 	if err != nil {
 		t.Fatal(err)
 	}

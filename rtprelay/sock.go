@@ -32,13 +32,16 @@ type limits struct {
 
 // learnState is what signalling tells the two socks of an endpoint;
 // replaced as a whole on each offer or answer (gen increments), read by the
-// packet path. Never written once stored.
+// packet path. Never written once stored. 80 bytes (an allocation size
+// class; one per endpoint and signalling event).
 type learnState struct {
-	gen       uint32
-	until     int64             // end of the learning window
-	nsPerTick int64             // RTP clock period for jitter, 0 when unknown
-	expect    [2]netip.AddrPort // RTP and RTCP addresses from the SDP; invalid when unknown
+	// gen wraps after 65,536 signalling events: a sock then misses one
+	// reset of its latch priority only if no packet arrived in between.
+	gen       uint16
 	hold      bool              // c=0.0.0.0: send nothing to this side
+	nsPerTick int32             // RTP clock period for jitter (<= 1 s), 0 when unknown
+	until     int64             // end of the learning window
+	expect    [2]netip.AddrPort // RTP and RTCP addresses from the SDP; invalid when unknown
 }
 
 // sockStats are a socket's counters, written by its packet path and read by
@@ -46,20 +49,20 @@ type learnState struct {
 type sockStats struct {
 	packets, bytes         atomic.Uint64 // received from this side
 	sentPackets, sentBytes atomic.Uint64 // sent to this side
-	lost                   atomic.Int64  // RFC 3550 cumulative lost
 	dropped                atomic.Uint64 // from a source other than the latched one, or unroutable
 	flooded                atomic.Uint64 // over the flood limit
 	lastRecv               atomic.Int64  // ns since the relay's epoch of the last accepted packet (also the packet path's)
 }
 
-// rtpState is the RTP receive state of one socket (RFC 3550 A.1, A.8).
+// rtpState is the RTP receive state of one socket (RFC 3550 A.1, A.8),
+// owned by its packet path; jitter16 is also read by Query.
 type rtpState struct {
 	init     bool
 	haveTr   bool
 	maxSeq   uint16
 	ssrc     uint32
 	transit  uint32
-	jitter16 uint32 // jitter * 16
+	jitter16 atomic.Uint32 // RFC 3550 interarrival jitter * 16, RTP timestamp units
 }
 
 const (
@@ -70,7 +73,9 @@ const (
 // sock is one bound UDP socket of the relay, facing one side of a stream.
 // Packets read from it leave through out towards out's peer. Two socks
 // (RTP and RTCP) live inside an endpoint; their fields are ordered and
-// sized for memory (four per call: an endpoint is 416 bytes).
+// sized for memory (four per call: an endpoint is 352 bytes). What only
+// the RTP sock needs (loss, jitter) and what both share (the learn state)
+// is in the endpoint.
 type sock struct {
 	// Read by the packet path, set before the engine starts serving.
 	out  *sock
@@ -85,14 +90,12 @@ type sock struct {
 	ep       epollState // the epoll engine's part (engine_epoll_linux.go)
 
 	peer    atomic.Pointer[netip.AddrPort] // where packets for this side go; nil: nowhere
-	learn   atomic.Pointer[learnState]
 	st      sockStats
-	jitter  atomic.Uint32 // RFC 3550 interarrival jitter, RTP timestamp units (with st)
 	latched atomic.Bool
 
 	// Owned by the packet path (and prio, fromPort above).
 	floodCount int32
-	seenGen    uint32
+	seenGen    uint16
 	floodStart int64
 	fromAddr   netip.Addr
 }
@@ -111,7 +114,12 @@ type epollState struct {
 
 // logCallID is the Call-ID of s's call, for logs (s must be part of an
 // endpoint, as every sock outside tests).
-func (s *sock) logCallID() string { return s.endpoint().callID }
+func (s *sock) logCallID() string {
+	if c := s.endpoint().call; c != nil {
+		return c.id
+	}
+	return ""
+}
 
 // endpoint returns the endpoint s is part of (its rtp or rtcp field, by li).
 func (s *sock) endpoint() *endpoint {
@@ -144,31 +152,36 @@ func initSock(ep *endpoint, li uint8, env *sockEnv, conn *net.UDPConn, fd int32)
 		s = &ep.rtcp
 	}
 	*s = sock{env: env, conn: conn, fd: fd, li: li}
-	s.learn.Store(noLearning)
+	ep.learn.Store(noLearning)
 	return s
 }
 
 // expect is called by signalling: the SDP of this side now names ap (hold:
 // c=0.0.0.0), and a learning window runs until until. A changed address
 // replaces the destination at once; an unchanged one keeps what was latched.
+// (Tests; the relay tells both socks of an endpoint at once.)
 func (s *sock) expect(ap netip.AddrPort, hold bool, until, nsPerTick int64) {
-	old := s.learn.Load()
-	ls := &learnState{gen: old.gen + 1, until: until, hold: hold, nsPerTick: nsPerTick}
+	e := s.endpoint()
+	old := e.learn.Load()
+	ls := &learnState{gen: old.gen + 1, until: until, hold: hold, nsPerTick: int32(nsPerTick), expect: old.expect}
 	ls.expect[s.li] = ap
-	s.setLearn(ls, old)
+	e.learn.Store(ls)
+	s.follow(ls, old)
 }
 
 // expect tells both socks of e what the SDP of their side says (see
 // sock.expect); one allocation for both.
 func (e *endpoint) expect(rtp, rtcp netip.AddrPort, hold bool, until, nsPerTick int64) {
-	old := e.rtp.learn.Load()
-	ls := &learnState{gen: old.gen + 1, until: until, hold: hold, nsPerTick: nsPerTick, expect: [2]netip.AddrPort{rtp, rtcp}}
-	e.rtp.setLearn(ls, old)
-	e.rtcp.setLearn(ls, e.rtcp.learn.Load())
+	old := e.learn.Load()
+	ls := &learnState{gen: old.gen + 1, until: until, hold: hold, nsPerTick: int32(nsPerTick), expect: [2]netip.AddrPort{rtp, rtcp}}
+	e.learn.Store(ls)
+	e.rtp.follow(ls, old)
+	e.rtcp.follow(ls, old)
 }
 
-func (s *sock) setLearn(ls, old *learnState) {
-	s.learn.Store(ls)
+// follow updates s's destination for the learn state ls that replaced old
+// (already stored in s's endpoint).
+func (s *sock) follow(ls, old *learnState) {
 	ap := &ls.expect[s.li] // the destination points into ls: no allocation of its own
 	switch {
 	case ls.hold:
@@ -210,7 +223,8 @@ func (s *sock) receive(p []byte, src netip.AddrPort, now int64) (out *sock, dst 
 		return nil, netip.AddrPort{}, false
 	}
 
-	ls := s.learn.Load()
+	e := s.endpoint()
+	ls := e.learn.Load()
 	if ls.gen != s.seenGen {
 		s.seenGen, s.prio = ls.gen, 0
 	}
@@ -226,7 +240,7 @@ func (s *sock) receive(p []byte, src netip.AddrPort, now int64) (out *sock, dst 
 	}
 	s.st.lastRecv.Store(now)
 	if s.li == 0 { // loss and jitter from the RTP socket only
-		s.analyse(p, now, ls.nsPerTick)
+		s.analyse(e, p, now, int64(ls.nsPerTick))
 	}
 
 	out = s.out
@@ -263,7 +277,8 @@ func (s *sock) sent(n int) {
 // analyse updates loss and jitter from an RTP header read by the RTP sock
 // s; RTCP (RFC 5761 payload types 64-95 after the marker bit), STUN, DTLS
 // and anything else pass without analysis.
-func (s *sock) analyse(p []byte, now, nsPerTick int64) {
+// e is s's endpoint.
+func (s *sock) analyse(e *endpoint, p []byte, now, nsPerTick int64) {
 	if len(p) < 12 || p[0]>>6 != 2 {
 		return
 	}
@@ -273,21 +288,21 @@ func (s *sock) analyse(p []byte, now, nsPerTick int64) {
 	seq := uint16(p[2])<<8 | uint16(p[3])
 	ts := uint32(p[4])<<24 | uint32(p[5])<<16 | uint32(p[6])<<8 | uint32(p[7])
 	ssrc := uint32(p[8])<<24 | uint32(p[9])<<16 | uint32(p[10])<<8 | uint32(p[11])
-	r := &s.endpoint().rtpIn
+	r := &e.rtpIn
 	if !r.init || ssrc != r.ssrc { // new source or SSRC change: start over
 		r.init, r.ssrc, r.maxSeq, r.haveTr = true, ssrc, seq, false
 	} else {
 		switch d := int16(seq - r.maxSeq); {
 		case d > 0 && d < maxDropout:
 			if d > 1 {
-				s.st.lost.Add(int64(d - 1))
+				e.lost.Add(int32(d - 1))
 				s.env.cnt.lost.Add(float64(d - 1))
 			}
 			r.maxSeq = seq
 		case d == 0: // duplicate
 		case d < 0 && d > -maxMisorder:
-			if s.st.lost.Load() > 0 { // a late packet fills a gap
-				s.st.lost.Add(-1)
+			if e.lost.Load() > 0 { // a late packet fills a gap
+				e.lost.Add(-1)
 			}
 		default: // a jump: the sender restarted
 			r.maxSeq, r.haveTr = seq, false
@@ -302,8 +317,8 @@ func (s *sock) analyse(p []byte, now, nsPerTick int64) {
 		if d < 0 {
 			d = -d
 		}
-		r.jitter16 += uint32(d) - (r.jitter16+8)>>4
-		s.jitter.Store(r.jitter16 >> 4)
+		j := r.jitter16.Load()
+		r.jitter16.Store(j + uint32(d) - (j+8)>>4)
 	}
 	r.transit, r.haveTr = transit, true
 }
