@@ -156,6 +156,9 @@ func TestEndpointSize(t *testing.T) {
 	if n := unsafe.Sizeof(endpoint{}); n > 352 {
 		t.Errorf("endpoint is %d bytes, want <= 352 (the next size class is 384)", n)
 	}
+	if unsafe.Offsetof(endpoint{}.rtcp) != unsafe.Offsetof(endpoint{}.rtp)+unsafe.Sizeof(sock{}) {
+		t.Error("endpoint.rtcp does not directly follow endpoint.rtp (sock.endpoint relies on it)")
+	}
 	if n := unsafe.Sizeof(learnState{}); n > 80 {
 		t.Errorf("learnState is %d bytes, want <= 80 (the next size class is 96)", n)
 	}

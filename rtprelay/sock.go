@@ -122,11 +122,10 @@ func (s *sock) logCallID() string {
 }
 
 // endpoint returns the endpoint s is part of (its rtp or rtcp field, by li).
+// Branch-free (the packet path calls it for every packet): rtcp directly
+// follows rtp (TestEndpointSize).
 func (s *sock) endpoint() *endpoint {
-	off := unsafe.Offsetof(endpoint{}.rtp)
-	if s.li == 1 {
-		off = unsafe.Offsetof(endpoint{}.rtcp)
-	}
+	off := unsafe.Offsetof(endpoint{}.rtp) + uintptr(s.li)*unsafe.Sizeof(sock{})
 	return (*endpoint)(unsafe.Add(unsafe.Pointer(s), -int(off)))
 }
 
