@@ -54,7 +54,8 @@ type Config struct {
 	// Quarantine is how long a freed port pair stays unused; default 5s.
 	Quarantine time.Duration
 	// FloodLimit packets per FloodWindow are accepted on one socket, the
-	// rest dropped and counted; defaults 100 per 10ms.
+	// rest dropped and counted; defaults 100 per 10ms. Above 65,535: no
+	// limit.
 	FloodLimit  int
 	FloodWindow time.Duration
 	// Engine moves the packets: "goroutine" (default; a goroutine per

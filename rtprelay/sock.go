@@ -27,7 +27,7 @@ func newCounters(m *Metrics) *counters {
 type limits struct {
 	relatchAfter int64 // silence of the latched source after which another may latch
 	floodWindow  int64
-	floodLimit   int // packets per floodWindow; more are dropped
+	floodLimit   int // packets per floodWindow; more are dropped (above 65,535: no limit)
 }
 
 // learnState is what signalling tells the two socks of an endpoint;
@@ -49,9 +49,11 @@ type learnState struct {
 type sockStats struct {
 	packets, bytes         atomic.Uint64 // received from this side
 	sentPackets, sentBytes atomic.Uint64 // sent to this side
-	dropped                atomic.Uint64 // from a source other than the latched one, or unroutable
-	flooded                atomic.Uint64 // over the flood limit
-	lastRecv               atomic.Int64  // ns since the relay's epoch of the last accepted packet (also the packet path's)
+	// dropped and flooded are 32 bits (the sock then packs into 136
+	// bytes); they wrap after 4.3 billion packets on one socket.
+	dropped  atomic.Uint32 // from a source other than the latched one, or unroutable
+	flooded  atomic.Uint32 // over the flood limit
+	lastRecv atomic.Int64  // ns since the relay's epoch of the last accepted packet (also the packet path's)
 }
 
 // rtpState is the RTP receive state of one socket (RFC 3550 A.1, A.8),
@@ -73,7 +75,7 @@ const (
 // sock is one bound UDP socket of the relay, facing one side of a stream.
 // Packets read from it leave through out towards out's peer. Two socks
 // (RTP and RTCP) live inside an endpoint; their fields are ordered and
-// sized for memory (four per call: an endpoint is 352 bytes). What only
+// sized for memory (four per call: an endpoint is 320 bytes). What only
 // the RTP sock needs (loss, jitter) and what both share (the learn state)
 // is in the endpoint.
 type sock struct {
@@ -94,7 +96,7 @@ type sock struct {
 	latched atomic.Bool
 
 	// Owned by the packet path (and prio, fromPort above).
-	floodCount int32
+	floodCount uint16 // never above limits.floodLimit (wraps only when that is above 65,535: no limit)
 	seenGen    uint16
 	floodStart int64
 	fromAddr   netip.Addr
@@ -216,11 +218,11 @@ func (s *sock) receive(p []byte, src netip.AddrPort, now int64) (out *sock, dst 
 	if now-s.floodStart >= env.lim.floodWindow {
 		s.floodStart, s.floodCount = now, 0
 	}
-	s.floodCount++
-	if int(s.floodCount) > env.lim.floodLimit {
+	if int(s.floodCount) >= env.lim.floodLimit {
 		s.st.flooded.Add(1)
 		return nil, netip.AddrPort{}, false
 	}
+	s.floodCount++
 
 	e := s.endpoint()
 	ls := e.learn.Load()
