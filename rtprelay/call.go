@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,9 +28,9 @@ type endpoint struct {
 	rtp, rtcp sock
 }
 
-// stream is one m-line of a call, anchored by two endpoints.
+// stream is one m-line of a call, anchored by two endpoints; 32 bytes.
 type stream struct {
-	kind string
+	kind *string      // internKind
 	ends [2]*endpoint // ends[i] faces legs[i]; nil: not anchored
 	flow [2]flow      // what the last SDP of legs[i] said of this m-line
 }
@@ -465,7 +466,7 @@ func (r *Relay) Query(callID string) (Stats, error) {
 		ls := &s.Legs[side]
 		ls.Tag = c.legs[side].tag
 		for _, st := range c.streams {
-			ss := StreamStats{Media: st.kind, LastPacket: -1}
+			ss := StreamStats{Media: *st.kind, LastPacket: -1}
 			if e := st.ends[side]; e != nil {
 				ss.LocalPort = e.pair.port
 				if p := e.rtp.peer.Load(); p != nil {
@@ -547,13 +548,18 @@ func (r *Relay) silent(c *call, now int64) bool {
 	return true
 }
 
-// internKind returns a constant string for the common media kinds, so a
-// stream does not keep the parsed SDP's copy alive.
-func internKind(k string) string {
-	for _, c := range [...]string{"audio", "video", "image", "text", "application", "message"} {
-		if k == c {
-			return c
+// mediaKinds are the common media kinds (internKind).
+var mediaKinds = [...]string{"audio", "video", "image", "text", "application", "message"}
+
+// internKind returns a pointer to a shared string for the common media
+// kinds (a stream then keeps 8 bytes and nothing of the parsed SDP), to a
+// copy for others.
+func internKind(k string) *string {
+	for i := range mediaKinds {
+		if k == mediaKinds[i] {
+			return &mediaKinds[i]
 		}
 	}
-	return k
+	k = strings.Clone(k)
+	return &k
 }

@@ -159,6 +159,9 @@ func TestEndpointSize(t *testing.T) {
 	if unsafe.Offsetof(endpoint{}.rtcp) != unsafe.Offsetof(endpoint{}.rtp)+unsafe.Sizeof(sock{}) {
 		t.Error("endpoint.rtcp does not directly follow endpoint.rtp (sock.endpoint relies on it)")
 	}
+	if n := unsafe.Sizeof(stream{}); n > 32 {
+		t.Errorf("stream is %d bytes, want <= 32 (the next size class is 48)", n)
+	}
 	if n := unsafe.Sizeof(learnState{}); n > 80 {
 		t.Errorf("learnState is %d bytes, want <= 80 (the next size class is 96)", n)
 	}

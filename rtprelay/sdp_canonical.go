@@ -221,7 +221,7 @@ func canonicalMedia(v string) (mi mediaInfo, first string, ok bool) {
 	kind, rest, _ := strings.Cut(v, " ")
 	switch kind {
 	case "audio", "video", "text", "application", "message":
-		mi.kind = internKind(kind)
+		mi.kind = *internKind(kind)
 	default:
 		return mi, "", false
 	}
