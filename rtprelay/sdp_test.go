@@ -173,14 +173,7 @@ func TestSetOrigin(t *testing.T) {
 }
 
 func FuzzRewriteSDP(f *testing.F) {
-	files, _ := filepath.Glob("testdata/*.sdp")
-	for _, file := range files {
-		b, err := os.ReadFile(file)
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Add(b)
-	}
+	addSDPSeeds(f)
 	f.Add([]byte("v=0\nm=audio 1 RTP/AVP\nc=IN IP4 ::1\na=rtcp:"))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		p, err := parseSDP(in)
@@ -297,14 +290,7 @@ func TestCanonicalDeclines(t *testing.T) {
 // FuzzCanonicalSDP: whatever the canonical path takes, pion takes, to the
 // same streams and the same rewritten bytes.
 func FuzzCanonicalSDP(f *testing.F) {
-	files, _ := filepath.Glob("testdata/*.sdp")
-	for _, file := range files {
-		b, err := os.ReadFile(file)
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Add(b)
-	}
+	addSDPSeeds(f)
 	f.Add([]byte("v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\nm=audio 0 RTP/AVP 0\r\ni=x\r\na=rtcp\r\nm=video 5/2 RTP/AVP 96\r\nc=IN IP4 192.0.2.2\r\nb=AS:1\r\na=rtcp:9 IN IP4 0.0.0.0\r\n"))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		p, err := parseSDP(in)
@@ -313,4 +299,16 @@ func FuzzCanonicalSDP(f *testing.F) {
 		}
 		checkCanonical(t, in)
 	})
+}
+
+// addSDPSeeds seeds a fuzz target with the golden SDP files.
+func addSDPSeeds(f *testing.F) {
+	files, _ := filepath.Glob("testdata/*.sdp")
+	for _, file := range files {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
 }
