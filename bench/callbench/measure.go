@@ -6,7 +6,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -18,8 +20,13 @@ import (
 )
 
 // measure starts the system and the callee, places rate x duration calls
-// through it and returns what SIPp and /proc saw.
-func measure(ctx context.Context, o *options, dir, name string, rate int, perf string) (res *result, err error) {
+// through it and returns what SIPp and /proc saw. profiled: record o.perf
+// and save o.heap during this measurement.
+func measure(ctx context.Context, o *options, dir, name string, rate int, profiled bool) (res *result, err error) {
+	perf, heap := "", ""
+	if profiled {
+		perf, heap = o.perf, o.heap
+	}
 	res = &result{rate: rate, system: name, expected: int(math.Round(float64(rate) * o.duration.Seconds()))}
 	for start := time.Now(); ; {
 		res.busy = host.MachineBusy(o.busyProbe)
@@ -83,6 +90,12 @@ func measure(ctx context.Context, o *options, dir, name string, rate int, perf s
 	defer tick.Stop()
 	deadline := time.NewTimer(timeout + 10*time.Second)
 	defer deadline.Stop()
+	var heapAt <-chan time.Time
+	if heap != "" && sys.admin != "" {
+		t := time.NewTimer(o.duration * 2 / 3)
+		defer t.Stop()
+		heapAt = t.C
+	}
 wait:
 	for {
 		select {
@@ -90,6 +103,11 @@ wait:
 			break wait
 		case <-tick.C:
 			sys.sampleMemory()
+		case <-heapAt:
+			if err := saveHeap(sys.admin, heap); err != nil {
+				return nil, err
+			}
+			res.note += " heap"
 		case <-deadline.C:
 			uac.stop(time.Second)
 			res.note += " caller-killed"
@@ -137,7 +155,7 @@ wait:
 	if res.attempted == 0 {
 		res.note += " no-calls"
 	}
-	if !o.keep && res.pass() && perf == "" {
+	if !o.keep && res.pass() && !profiled {
 		os.RemoveAll(mdir)
 	}
 	return res, nil
@@ -299,4 +317,38 @@ func (s *stats) setupQuantile(q float64) float64 {
 		}
 	}
 	return math.Inf(1)
+}
+
+// saveHeap writes the gateway's heap profile (served by its admin server
+// with admin.pprof on, behind the token "callbench") into file and its
+// metrics at the same moment into file.metrics.
+func saveHeap(admin, file string) error {
+	if err := fetch(admin+"/debug/pprof/heap", file); err != nil {
+		return fmt.Errorf("heap profile: %w", err)
+	}
+	if err := fetch(admin+"/metrics", file+".metrics"); err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	return nil
+}
+
+func fetch(url, file string) error {
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer callbench")
+	res, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+	if err != nil {
+		return err
+	}
+	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		return errors.New(res.Status)
+	}
+	b, err := io.ReadAll(res.Body)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(file, b, 0o644)
 }

@@ -43,6 +43,7 @@ type system struct {
 	group  *proc   // Kamailio: measured over its whole process group
 	single []*proc // the gateway, rtpengine: one process each
 	all    []*proc // in stop order
+	admin  string  // the gateway's admin server base URL (pprof behind the token "callbench")
 
 	mu   sync.Mutex
 	peak int64 // sampled peak memory
@@ -126,6 +127,8 @@ log:
   format: json
 admin:
   listen: 127.0.0.1:{{.Admin}}
+  token: callbench
+  pprof: true
 identity:
   backend: embedded
   path: {{.Dir}}/identity.db
@@ -175,7 +178,8 @@ func startGateway(o *options, dir, callee string) (*system, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &system{name: sysGateway, target: "127.0.0.1:" + strconv.Itoa(ports[2]), single: []*proc{p}, all: []*proc{p}}
+	s := &system{name: sysGateway, target: "127.0.0.1:" + strconv.Itoa(ports[2]), single: []*proc{p}, all: []*proc{p},
+		admin: "http://127.0.0.1:" + strconv.Itoa(ports[0])}
 	ready := "http://127.0.0.1:" + strconv.Itoa(ports[0]) + "/readyz"
 	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: time.Second}
 	err = waitReady(p, 30*time.Second, "/readyz 200", func() error {

@@ -238,7 +238,7 @@ func newDaemon(cfg *config.Config, log *slog.Logger) (_ *daemon, err error) {
 		return nil, err
 	}
 
-	d.admin = admin.New(admin.Config{Listen: cfg.Admin.Listen, Token: cfg.Admin.Token.Reveal()}, d.reg, d.reg, log.With("subsystem", "admin"))
+	d.admin = admin.New(admin.Config{Listen: cfg.Admin.Listen, Token: cfg.Admin.Token.Reveal(), Pprof: cfg.Admin.Pprof}, d.reg, d.reg, log.With("subsystem", "admin"))
 	d.admin.AddCheck("sip", true, func() admin.Status {
 		if ok, detail := d.sip.Ready(); ok {
 			return admin.Status{State: admin.StateUp, Detail: detail}

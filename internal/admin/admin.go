@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"sort"
 	"strings"
 	"sync"
@@ -50,6 +51,9 @@ type check struct {
 type Config struct {
 	Listen string // host:port
 	Token  string // bearer token for /api/; empty refuses every API request
+	// Pprof serves the runtime profiles (net/http/pprof) at /debug/pprof/,
+	// behind the same bearer token as /api/.
+	Pprof bool
 }
 
 // Server is the admin HTTP server. Create it with New, register checks and
@@ -84,6 +88,13 @@ func New(cfg Config, g prometheus.Gatherer, reg prometheus.Registerer, log *slog
 	s.mux.Handle("/api/", s.requireToken(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, http.StatusNotFound, "no such API endpoint: "+r.URL.Path)
 	})))
+	if cfg.Pprof {
+		s.mux.Handle("GET /debug/pprof/", s.requireToken(http.HandlerFunc(pprof.Index)))
+		s.mux.Handle("GET /debug/pprof/cmdline", s.requireToken(http.HandlerFunc(pprof.Cmdline)))
+		s.mux.Handle("GET /debug/pprof/profile", s.requireToken(http.HandlerFunc(pprof.Profile)))
+		s.mux.Handle("GET /debug/pprof/symbol", s.requireToken(http.HandlerFunc(pprof.Symbol)))
+		s.mux.Handle("GET /debug/pprof/trace", s.requireToken(http.HandlerFunc(pprof.Trace)))
+	}
 	return s
 }
 

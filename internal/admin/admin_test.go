@@ -112,3 +112,23 @@ func TestMetrics(t *testing.T) {
 		t.Errorf("/metrics = %d, want 200 with cusax_test_gauge 7:\n%s", code, body)
 	}
 }
+
+func TestPprof(t *testing.T) {
+	_, off := newTestServer(t, "tok")
+	if code, _ := get(t, off.URL+"/debug/pprof/", "tok"); code != http.StatusNotFound {
+		t.Errorf("pprof off: GET /debug/pprof/ = %d, want 404", code)
+	}
+	reg := prometheus.NewRegistry()
+	s := New(Config{Listen: "127.0.0.1:0", Token: "tok", Pprof: true}, reg, reg, slog.New(slog.DiscardHandler))
+	on := httptest.NewServer(s.Handler())
+	t.Cleanup(on.Close)
+	for _, path := range []string{"/debug/pprof/", "/debug/pprof/heap", "/debug/pprof/goroutine"} {
+		if code, _ := get(t, on.URL+path, ""); code != http.StatusUnauthorized {
+			t.Errorf("pprof on, no token: GET %s = %d, want 401", path, code)
+		}
+	}
+	code, body := get(t, on.URL+"/debug/pprof/goroutine?debug=1", "tok")
+	if code != http.StatusOK || !strings.Contains(body, "goroutine profile:") {
+		t.Errorf("pprof on, token: GET goroutine = %d %.80q, want 200 with a goroutine profile", code, body)
+	}
+}

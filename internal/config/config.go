@@ -41,6 +41,7 @@ type Admin struct {
 	Listen    string `yaml:"listen"`
 	Token     Secret `yaml:"token"`
 	TokenFile string `yaml:"token_file"`
+	Pprof     bool   `yaml:"pprof"` // serve /debug/pprof/ (behind the token)
 }
 
 // Identity configures the identity store.
