@@ -8,9 +8,11 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"os/signal"
 	"runtime"
 	"runtime/debug"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -37,7 +39,13 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer, getenv func(st
 	if !ok {
 		return exitUsage
 	}
-	log := newLogger(cfg, stderr)
+	// A write to a closed stderr pipe (journald gone) returns EPIPE to
+	// the log writer, which counts it, instead of killing the process.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
+	plog := newLogger(cfg, stderr)
+	defer plog.close() // also during a panic of this goroutine
+	defer onKill(ctx, plog.killed)()
+	log := plog.log
 	quietLibraries(log)
 	tuneGC(cfg.Runtime, getenv, log)
 	d, err := newDaemon(cfg, log)
@@ -45,6 +53,7 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer, getenv func(st
 		log.Error("startup failed", "err", err)
 		return exitFailure
 	}
+	plog.register(d.reg)
 	if err := d.run(ctx); err != nil {
 		log.Error("gateway stopped", "err", err)
 		return exitFailure
@@ -69,14 +78,6 @@ func tuneGC(rt config.Runtime, getenv func(string) string, log *slog.Logger) {
 		limit = strconv.Itoa(rt.MemoryLimit)
 	}
 	log.Debug("go garbage collector", "gogc", gc, "gomemlimit", limit)
-}
-
-func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: cfg.SlogLevel()}
-	if cfg.Log.Format == "text" {
-		return slog.New(slog.NewTextHandler(w, opts))
-	}
-	return slog.New(slog.NewJSONHandler(w, opts))
 }
 
 // newRegistry returns the process's metric registry: Go and process

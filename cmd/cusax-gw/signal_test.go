@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,8 +28,9 @@ func buildBinary(t *testing.T) string {
 }
 
 // startBinary starts the real binary and returns once it logged that it
-// started (reading its log, not sleeping).
-func startBinary(t *testing.T, bin string) (*exec.Cmd, *bufio.Scanner) {
+// started (reading its log, not sleeping), with a scanner on the rest of
+// its log and the read end of its stderr pipe.
+func startBinary(t *testing.T, bin string) (*exec.Cmd, *bufio.Scanner, io.Closer) {
 	t.Helper()
 	cfg := testConfig(t)
 	path := filepath.Join(t.TempDir(), "config.yaml")
@@ -58,11 +60,11 @@ func startBinary(t *testing.T, bin string) (*exec.Cmd, *bufio.Scanner) {
 			t.Errorf("secret in log: %s", sc.Text())
 		}
 		if strings.Contains(sc.Text(), `msg="gateway started"`) {
-			return cmd, sc
+			return cmd, sc, stderr
 		}
 	}
 	t.Fatalf("daemon exited before starting: %v", sc.Err())
-	return nil, nil
+	return nil, nil, nil
 }
 
 func exitCode(err error) int {
@@ -78,7 +80,7 @@ func exitCode(err error) int {
 
 func TestSIGTERMDrainsAndExitsZero(t *testing.T) {
 	bin := buildBinary(t)
-	cmd, sc := startBinary(t, bin)
+	cmd, sc, _ := startBinary(t, bin)
 	start := time.Now()
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -94,4 +96,21 @@ func TestSIGTERMDrainsAndExitsZero(t *testing.T) {
 		t.Error(`no "gateway stopped" log line`)
 	}
 	t.Logf("stopped %v after SIGTERM", time.Since(start))
+}
+
+// TestClosedStderr: the reader of the daemon's stderr goes away (journald
+// stopped, a closed pipe): its log writes fail with EPIPE, which must not
+// kill it (Go's default for fd 2 is to die of SIGPIPE); SIGTERM still ends
+// it cleanly.
+func TestClosedStderr(t *testing.T) {
+	bin := buildBinary(t)
+	cmd, _, pipe := startBinary(t, bin)
+	pipe.Close()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	// The shutdown lines are written (and fail) on the way out.
+	if code := exitCode(cmd.Wait()); code != 0 {
+		t.Errorf("exit code after SIGTERM with stderr closed = %d (%v), want 0", code, cmd.ProcessState)
+	}
 }

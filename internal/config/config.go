@@ -34,6 +34,11 @@ type Config struct {
 type Log struct {
 	Level  string `yaml:"level"`  // debug|info|warn|error
 	Format string `yaml:"format"` // json|text
+	// Buffer batches log lines into few writes (internal/logwriter): a
+	// line waits at most 100 ms (64 KiB fill it at once); warn and error
+	// lines, and everything before them, are written at once. false: one
+	// write per line from the logging goroutine.
+	Buffer bool `yaml:"buffer"`
 }
 
 // Admin configures the admin HTTP server (/metrics, /healthz, /readyz, /api).
@@ -160,7 +165,7 @@ type Runtime struct {
 // of CONTRACT.md.
 func Default() *Config {
 	return &Config{
-		Log:   Log{Level: "info", Format: "json"},
+		Log:   Log{Level: "info", Format: "json", Buffer: true},
 		Admin: Admin{Listen: "127.0.0.1:9464"},
 		Identity: Identity{
 			Backend: "embedded",
