@@ -33,16 +33,17 @@ func init() {
 }
 
 // DefaultTransactionLinger is RFC 3261's wait of a finished transaction for
-// retransmissions (64*T1): sipgo's Timers D, J, L and M.
+// retransmissions (64*T1): sipgo's Timers D and J.
 const DefaultTransactionLinger = 32 * time.Second
 
+// DefaultAcceptedLinger is how long an INVITE transaction answered with a
+// 2xx is kept by default (sipgo's Timers L and M; RFC 6026 says 64*T1).
+const DefaultAcceptedLinger = time.Second
+
 // SetTransactionLinger sets how long a finished SIP transaction is kept to
-// absorb retransmissions (sipgo's Timers D, J, L and M; Kamailio's
-// wt_timer); d <= 0 restores DefaultTransactionLinger. Every finished call
-// holds its transactions, ~12 KB, that long: at 2,000 calls/s RFC 3261's
-// 32 s keep ~770 MB alive. What arrives later is handled without them: a
-// 2xx retransmitted by the PBX is ACKed again by the call, a late copy of
-// a call's initial INVITE is answered 482, a late BYE finds no dialog.
+// absorb retransmissions (sipgo's Timers D and J; Kamailio's wt_timer);
+// d <= 0 restores DefaultTransactionLinger. What arrives later is handled
+// without it: a late BYE finds no dialog.
 //
 // The timers are process globals that sipgo reads without
 // synchronisation: call it before any user agent starts (cusax-gw run
@@ -52,10 +53,32 @@ func SetTransactionLinger(d time.Duration) {
 	if d <= 0 {
 		d = DefaultTransactionLinger
 	}
-	if sip.Timer_D == d && sip.Timer_J == d && sip.Timer_L == d && sip.Timer_M == d {
+	if sip.Timer_D == d && sip.Timer_J == d {
 		return
 	}
-	sip.Timer_D, sip.Timer_J, sip.Timer_L, sip.Timer_M = d, d, d, d
+	sip.Timer_D, sip.Timer_J = d, d
+}
+
+// SetAcceptedLinger sets how long an INVITE transaction that ended in a
+// 2xx is kept (sipgo's Timers L and M, RFC 6026's Accepted state); d <= 0
+// restores DefaultAcceptedLinger. These transactions hold a call's
+// largest messages (INVITE and 2xx, with SDP): at 2,000 calls/s each
+// second of linger keeps ~15 MB alive, and sipgo keeps them that long
+// even once terminated. The B2BUA does their work itself, for as long as
+// sip.transaction_linger after the call: a copy of a call's initial
+// INVITE on the same branch is absorbed (another branch: 482), the 2xx is
+// retransmitted until the ACK comes (RFC 3261 13.3.1.4), and a 2xx the
+// PBX retransmits is ACKed again.
+//
+// Like SetTransactionLinger, call it before any user agent starts.
+func SetAcceptedLinger(d time.Duration) {
+	if d <= 0 {
+		d = DefaultAcceptedLinger
+	}
+	if sip.Timer_L == d && sip.Timer_M == d {
+		return
+	}
+	sip.Timer_L, sip.Timer_M = d, d
 }
 
 // B2BUA is the SIP back-to-back user agent. Create it with New, bind its
@@ -67,6 +90,9 @@ type B2BUA struct {
 
 	ua  *sipgo.UserAgent
 	srv *sipgo.Server
+	// writeResponse sends a response statelessly (srv.WriteResponse;
+	// tests record it).
+	writeResponse func(*sip.Response) error
 
 	pbx       pbxTarget
 	pbxClient *sipgo.Client // set by Listen when cfg.PBX is set
@@ -90,10 +116,13 @@ type B2BUA struct {
 	dialogs map[dialogID]*leg // by dialogKey
 	// outCallIDs counts the calls using each B-leg Call-ID (loop detection).
 	outCallIDs map[string]int
-	// initial holds the initial INVITE of every call in progress: a copy
-	// arriving after its server transaction ended (a late retransmission)
-	// is answered 482 instead of becoming a second call.
-	initial map[initialKey]struct{}
+	// initial holds the top Via branch of the initial INVITE of every call
+	// in progress, ended holds those of calls that ended recently: a copy
+	// arriving after its server transaction ended is absorbed (same
+	// branch: a retransmission) or answered 482 (a merged request), never
+	// a second call.
+	initial map[initialKey]string
+	ended   recentInvites
 	pending int           // admitted calls not yet in calls
 	idle    chan struct{} // closed when the last call ends (Drain)
 
@@ -131,10 +160,10 @@ func New(cfg Config, log *slog.Logger, m *Metrics) (*B2BUA, error) {
 		// its outages.
 		bindings = newFallbackBindings(bindings, cfg.Now)
 	}
-	b = &B2BUA{cfg: cfg, log: log, m: m, ua: ua, srv: srv, bindings: bindings,
+	b = &B2BUA{cfg: cfg, log: log, m: m, ua: ua, srv: srv, writeResponse: srv.WriteResponse, bindings: bindings,
 		cps: newLimiter(cfg.MaxCPS), rate: newSourceLimiter(cfg.RateLimit),
 		calls: map[string]*call{}, dialogs: map[dialogID]*leg{}, outCallIDs: map[string]int{},
-		initial: map[initialKey]struct{}{}}
+		initial: map[initialKey]string{}, ended: recentInvites{keep: sip.Timer_J}}
 	rand.Read(b.callKey[:])
 	b.callMAC.New = func() any { return hmac.New(sha256.New, b.callKey[:]) }
 	if cfg.PBX != "" {

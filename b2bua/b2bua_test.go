@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/prometheus/client_golang/prometheus"
@@ -13,6 +14,10 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	// The daemon's defaults (sip.transaction_linger, sip.accepted_linger),
+	// so that every test runs the transaction lifetimes it ships with.
+	SetTransactionLinger(5 * time.Second)
+	SetAcceptedLinger(DefaultAcceptedLinger)
 	goleak.VerifyTestMain(m,
 		// sipgo's transaction layer keeps timers for finished
 		// transactions alive until Timer J/K fire.

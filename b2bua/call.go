@@ -32,6 +32,7 @@ type call struct {
 	id      string // the A-leg Call-ID, for logs
 	mediaID string // the key toward the media relay
 	init    initialKey
+	branch  string // the top Via branch of the initial INVITE
 	origin  string // phone|pbx
 	a, b    *leg
 	start   time.Time
@@ -124,12 +125,21 @@ func (b *B2BUA) newCall(req *sip.Request, tx sip.ServerTransaction) {
 	}
 	fromTag, _ := from.Params.Get("tag")
 	init := initialKey{callID: callid.Value(), fromTag: fromTag, seq: cseq.SeqNo}
-	if _, tagged := to.Params.Get("tag"); !tagged && b.inProgress(init) {
-		// A copy of the initial INVITE of a call in progress whose server
-		// transaction has ended (sip.transaction_linger): a late
-		// retransmission or a merged request (RFC 3261 8.2.2.2).
-		b.respond(tx, req, 482, "Loop Detected")
-		return
+	branch := topBranch(req)
+	if _, tagged := to.Params.Get("tag"); !tagged {
+		if known, ok := b.initialBranch(init); ok {
+			// A copy of the initial INVITE of a call in progress or just
+			// ended whose server transaction is gone (sip.accepted_linger).
+			if known == branch && branch != "" {
+				// A retransmission: absorbed, as the transaction would.
+				b.log.Debug("initial INVITE retransmission absorbed", "call_id", init.callID)
+				b.m.Absorbed.Inc()
+				return
+			}
+			// A merged request (RFC 3261 8.2.2.2).
+			b.respond(tx, req, 482, "Loop Detected")
+			return
+		}
 	}
 	trusted := b.cfg.trusted(req.Source())
 	if !trusted && b.isOwnCallID(callid.Value()) {
@@ -176,7 +186,7 @@ func (b *B2BUA) newCall(req *sip.Request, tx sip.ServerTransaction) {
 
 	// From here the call exists and ends only through endCall.
 	admitted = false
-	c.init = init
+	c.init, c.branch = init, branch
 	b.addCall(c)
 	c.log.callStart(origin, aorOf(from.Address), aorOf(to.Address), bl.callID)
 	if b.cfg.MaxDuration > 0 {
@@ -513,8 +523,9 @@ func (b *B2BUA) bAnswered(ctx context.Context, c *call, breq *sip.Request, res *
 }
 
 // respond2xx sends a 2xx for req on the A side of a leg pair and
-// retransmits it (unreliable transports) until the ACK arrives; it returns
-// the ACK, or nil after 64*T1 without one.
+// retransmits it (unreliable transports) until the ACK arrives, through
+// the transport once the transaction is gone; it returns the ACK, or nil
+// after 64*T1 without one.
 func (b *B2BUA) respond2xx(c *call, l *leg, tx sip.ServerTransaction, req *sip.Request, bres *sip.Response, body []byte) *sip.Request {
 	res := b.responseFor(l, req, bres.StatusCode, bres.Reason, bres, body)
 	// Drain stale ACKs of an earlier exchange.
@@ -547,7 +558,12 @@ func (b *B2BUA) respond2xx(c *call, l *leg, tx sip.ServerTransaction, req *sip.R
 			if reliable || left <= 0 {
 				return nil
 			}
-			tx.Respond(res)
+			if err := tx.Respond(res); err != nil {
+				// The transaction has ended (sip.accepted_linger): the
+				// 2xx is ours to retransmit (RFC 3261 13.3.1.4), to the
+				// transport as the Via says.
+				b.writeResponse(res)
+			}
 			interval = min(2*interval, sip.T2)
 			t.Reset(min(interval, left))
 		case <-c.done:
@@ -945,7 +961,7 @@ func (b *B2BUA) addCall(c *call) {
 	b.pending--
 	b.calls[c.mediaID] = c
 	b.outCallIDs[c.b.callID]++
-	b.initial[c.init] = struct{}{}
+	b.initial[c.init] = c.branch
 	b.callsMu.Unlock()
 	b.addDialog(c.a)
 	b.m.CallsActive.Inc()
@@ -955,6 +971,7 @@ func (b *B2BUA) removeCall(c *call) {
 	b.callsMu.Lock()
 	delete(b.calls, c.mediaID)
 	delete(b.initial, c.init)
+	b.ended.add(c.init, c.branch, time.Now())
 	if b.outCallIDs[c.b.callID]--; b.outCallIDs[c.b.callID] <= 0 {
 		delete(b.outCallIDs, c.b.callID)
 	}
@@ -1010,12 +1027,62 @@ type initialKey struct {
 	seq             uint32
 }
 
-// inProgress reports whether the call whose initial INVITE is k exists.
-func (b *B2BUA) inProgress(k initialKey) bool {
+// initialBranch reports whether k is the initial INVITE of a call in
+// progress or of one that ended less than sip.transaction_linger ago, and
+// the top Via branch it came with.
+func (b *B2BUA) initialBranch(k initialKey) (string, bool) {
 	b.callsMu.Lock()
 	defer b.callsMu.Unlock()
-	_, ok := b.initial[k]
-	return ok
+	if branch, ok := b.initial[k]; ok {
+		return branch, true
+	}
+	return b.ended.get(k, time.Now())
+}
+
+// recentInvites remembers the initial INVITEs of ended calls (key → top
+// Via branch) for at least keep and less than twice keep, in two
+// generations: a new one starts when the current one is keep old, and the
+// one before is dropped whole. A few hundred bytes per call instead of
+// the whole transaction sipgo's Timer L would keep. Guarded by callsMu.
+type recentInvites struct {
+	keep      time.Duration
+	cur, prev map[initialKey]string
+	since     time.Time // when cur started
+}
+
+func (r *recentInvites) add(k initialKey, branch string, now time.Time) {
+	if r.cur == nil || now.Sub(r.since) >= r.keep {
+		if now.Sub(r.since) >= 2*r.keep {
+			r.cur = nil // cur is past keep too: nothing to carry over
+		}
+		r.prev, r.cur, r.since = r.cur, make(map[initialKey]string, len(r.cur)), now
+	}
+	r.cur[k] = branch
+}
+
+func (r *recentInvites) get(k initialKey, now time.Time) (string, bool) {
+	age := now.Sub(r.since)
+	if r.cur == nil || age >= 2*r.keep {
+		return "", false
+	}
+	if branch, ok := r.cur[k]; ok {
+		return branch, true
+	}
+	if age >= r.keep {
+		return "", false // prev is older than twice keep
+	}
+	branch, ok := r.prev[k]
+	return branch, ok
+}
+
+// topBranch is the branch parameter of req's top Via ("" without one).
+func topBranch(req *sip.Request) string {
+	if v := req.Via(); v != nil {
+		if branch, ok := v.Params.Get("branch"); ok {
+			return branch
+		}
+	}
+	return ""
 }
 
 func (b *B2BUA) isOwnCallID(callID string) bool {

@@ -93,6 +93,7 @@ type sipPeer struct {
 	invites  []*sip.Request
 	sessions []*sipgo.DialogServerSession
 	byes     chan *sip.Request
+	acks     []*sip.Request
 	onInvite func(*sip.Request, *sipgo.DialogServerSession)
 }
 
@@ -137,7 +138,12 @@ func startPeerOn(t *testing.T, network, host string) *sipPeer {
 			h(req, s)
 		}
 	})
-	srv.OnAck(func(req *sip.Request, tx sip.ServerTransaction) { peer.dialog.ReadAck(req, tx) })
+	srv.OnAck(func(req *sip.Request, tx sip.ServerTransaction) {
+		peer.mu.Lock()
+		peer.acks = append(peer.acks, req)
+		peer.mu.Unlock()
+		peer.dialog.ReadAck(req, tx)
+	})
 	srv.OnBye(func(req *sip.Request, tx sip.ServerTransaction) {
 		peer.byes <- req
 		if err := peer.dialog.ReadBye(req, tx); err != nil {

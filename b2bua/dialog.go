@@ -373,8 +373,9 @@ func (b *B2BUA) clientFor(transport string) (*sipgo.Client, sip.ContactHeader, b
 
 // onStrayResponse handles responses no client transaction matches: a 2xx
 // to an INVITE retransmitted after its transaction ended (our ACK was
-// lost) is ACKed again when its dialog is known; provisional responses
-// that lost a race with the final one are dropped.
+// lost, or not sent yet: sip.accepted_linger) is ACKed again when its
+// dialog is known, the initial INVITE's with the ACK the call sent;
+// provisional responses that lost a race with the final one are dropped.
 func (b *B2BUA) onStrayResponse(res *sip.Response) {
 	if b == nil || !res.IsSuccess() {
 		return
@@ -391,5 +392,18 @@ func (b *B2BUA) onStrayResponse(res *sip.Response) {
 		return
 	}
 	b.m.Responses.WithLabelValues(classOf(res.StatusCode), "in").Inc()
+	if l.reack != nil {
+		if req := l.reack.req.Load(); req != nil && req.CSeq().SeqNo == cseq.SeqNo {
+			// The initial INVITE's 2xx: the same ACK again (with the
+			// answer when the INVITE had no offer).
+			l.reack.onRetransmission(res)
+			return
+		}
+		if l.reack.req.Load() == nil {
+			// Our ACK waits for the A-leg's (late offer: it carries the
+			// answer); it goes out then.
+			return
+		}
+	}
 	b.ack(l, cseq.SeqNo, nil)
 }

@@ -15,6 +15,7 @@ type Metrics struct {
 	Auth          *prometheus.CounterVec // result (sip.auth: local)
 	Rejected      *prometheus.CounterVec // reason (admission control)
 	PBXUp         prometheus.Gauge
+	Absorbed      prometheus.Counter // initial INVITE retransmissions absorbed by the B2BUA
 
 	udpDrops *udpDrops // cusax_sip_udp_receive_drops_total
 }
@@ -70,12 +71,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Help: "1 while sip.pbx answers the gateway's OPTIONS pings, 0 once it stopped answering (phones then get 503).",
 	})
 	m.PBXUp.Set(1)
+	m.Absorbed = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "cusax_sip_retransmissions_absorbed_total",
+		Help: "Retransmissions of a call's initial INVITE that arrived after its transaction ended (sip.accepted_linger) and were absorbed by the gateway.",
+	})
 	m.udpDrops = &udpDrops{}
 	drops := prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "cusax_sip_udp_receive_drops_total",
 		Help: "SIP datagrams the kernel dropped because a UDP listener's receive buffer was full (sip.udp_receive_buffer; Linux).",
 	}, m.udpDrops.total)
-	reg.MustRegister(m.Rejected, m.PBXUp, drops)
+	reg.MustRegister(m.Rejected, m.PBXUp, m.Absorbed, drops)
 	for _, a := range []string{"stamped", "stripped", "kept"} {
 		m.CallInfo.WithLabelValues(a)
 	}

@@ -65,6 +65,57 @@ func TestRespond2xxRetransmissions(t *testing.T) {
 	}
 }
 
+// Once the INVITE transaction is gone (sip.accepted_linger), respond2xx
+// goes on retransmitting the 2xx straight to the transport.
+func TestRespond2xxAfterTransaction(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		req := parseRequest(t, []byte(strings.Join([]string{
+			"INVITE sip:bob@example.com SIP/2.0",
+			"Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK-1",
+			"From: <sip:alice@example.com>;tag=a",
+			"To: <sip:bob@example.com>",
+			"Call-ID: c1",
+			"CSeq: 1 INVITE",
+			"Contact: <sip:alice@192.0.2.1>",
+			"Content-Length: 0",
+			"", ""}, "\r\n")))
+		req.SetTransport("UDP")
+		var direct []*sip.Response
+		b := &B2BUA{m: testMetrics(), writeResponse: func(res *sip.Response) error {
+			direct = append(direct, res)
+			return nil
+		}}
+		c := &call{log: callLog{l: discardLogger()}, done: make(chan struct{})}
+		l := &leg{name: "a", uas: true, call: c, localTag: "t", ackCh: make(chan *sip.Request, 4)}
+		tx := &endingTx{okFor: 2} // the 2xx and its first retransmission
+		ack := parseRequest(t, []byte(strings.Replace(strings.Replace(req.String(), "INVITE sip", "ACK sip", 1), "1 INVITE", "1 ACK", 1)))
+		time.AfterFunc(4*time.Second, func() { l.ackCh <- ack }) // after 0, 0.5, 1.5, 3.5 s
+		if got := b.respond2xx(c, l, tx, req, sip.NewResponseFromRequest(req, 200, "OK", nil), nil); got == nil {
+			t.Fatal("no ACK returned")
+		}
+		if len(tx.res) != 2 || len(direct) != 2 {
+			t.Fatalf("2xx through the transaction %d times, straight %d times; want 2 and 2", len(tx.res), len(direct))
+		}
+		if direct[0] != tx.res[0] || direct[1].StatusCode != 200 {
+			t.Errorf("the straight retransmissions are not the 2xx")
+		}
+	})
+}
+
+// endingTx accepts okFor responses, then answers as a terminated
+// transaction.
+type endingTx struct {
+	recordTx
+	okFor int
+}
+
+func (tx *endingTx) Respond(res *sip.Response) error {
+	if len(tx.res) >= tx.okFor {
+		return sip.ErrTransactionTerminated
+	}
+	return tx.recordTx.Respond(res)
+}
+
 // bLegCallID is "cx" and the first 16 bytes of HMAC-SHA256(callKey,
 // A-leg Call-ID) in hex, the same with its pooled MACs on every call.
 func TestBLegCallID(t *testing.T) {

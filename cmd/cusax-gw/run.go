@@ -204,6 +204,7 @@ func newDaemon(cfg *config.Config, log *slog.Logger) (_ *daemon, err error) {
 		bindings = b2bua.NewRedisBindings(rs.Client(), cfg.Identity.Redis.KeyPrefix, 0)
 	}
 	b2bua.SetTransactionLinger(cfg.SIP.TransactionLinger.D())
+	b2bua.SetAcceptedLinger(cfg.SIP.AcceptedLinger.D())
 	udpBuf := cfg.SIP.UDPReceiveBuffer
 	if udpBuf == 0 {
 		udpBuf = -1 // the kernel's default (0 means the b2bua's default)

@@ -117,6 +117,10 @@ type SIP struct {
 	// retransmissions (RFC 3261's 32 s Timers D, J, L, M; Kamailio's
 	// wt_timer, 5 s): memory held per finished call.
 	TransactionLinger Duration `yaml:"transaction_linger"`
+	// AcceptedLinger is how long an INVITE transaction answered 2xx is
+	// kept (RFC 6026's Timers L and M, 32 s there): the B2BUA does their
+	// work itself for transaction_linger after the call.
+	AcceptedLinger Duration `yaml:"accepted_linger"`
 }
 
 // TLS names the certificate and key of the tls:// and wss:// SIP listeners.
@@ -193,6 +197,7 @@ func Default() *Config {
 			// 4 MiB: ~2,000 datagrams, a quarter of a second at 2,000 calls/s.
 			UDPReceiveBuffer:  4 << 20,
 			TransactionLinger: Duration(5 * time.Second),
+			AcceptedLinger:    Duration(time.Second),
 		},
 		RTP: RTP{
 			Listen:     "0.0.0.0",

@@ -265,6 +265,9 @@ func (c *Config) Validate() error {
 	if d := c.SIP.TransactionLinger.D(); d < time.Second || d > 32*time.Second {
 		bad("sip.transaction_linger", "must be between 1s and 32s, got %s", c.SIP.TransactionLinger)
 	}
+	if d := c.SIP.AcceptedLinger.D(); d < 100*time.Millisecond || d > 32*time.Second {
+		bad("sip.accepted_linger", "must be between 100ms and 32s, got %s", c.SIP.AcceptedLinger)
+	}
 	if c.SIP.RingTimeout.D() <= 0 {
 		bad("sip.ring_timeout", "must be positive, got %s", c.SIP.RingTimeout)
 	}
