@@ -108,6 +108,7 @@ type options struct {
 	perf      string // record a perf profile of the gateway's first measurement at perfRate into this file
 	perfRate  int
 	heap      string // save the gateway's heap profile in the middle of that measurement into this file
+	cpuprof   string // save the gateway's Go CPU profile of that measurement's middle third into this file
 	idleBelow float64
 	idleWait  time.Duration
 	busyProbe time.Duration
@@ -136,6 +137,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	trace := fs.Bool("trace", false, "the callee writes every SIP message it sees into its dir (with -keep: to check what the systems forward)")
 	perf := fs.String("perf", "", "record a perf profile (perf record -g) of the gateway during its first measurement at -perf-rate into this file")
 	heap := fs.String("heap", "", "save the gateway's heap profile (its /debug/pprof/heap) two thirds into its first measurement at -perf-rate into this file")
+	cpuprof := fs.String("cpuprofile", "", "save the gateway's Go CPU profile (its /debug/pprof/profile) of the middle third of its first measurement at -perf-rate into this file")
 	perfRate := fs.Int("perf-rate", 0, "rate whose first gateway measurement -perf records (default: the highest rate)")
 	idleBelow := fs.Float64("idle-below", 0, "before each measurement wait (up to -idle-wait) until the machine is less busy than this fraction of all CPUs; 0: do not wait")
 	idleWait := fs.Duration("idle-wait", 2*time.Minute, "longest wait for -idle-below")
@@ -149,7 +151,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	o := &options{runs: *runs, duration: *duration, callLen: *callLen, settle: 2 * time.Second,
 		sutCPU: *sutCPU, sippCPU: *sippCPU, gateway: *gw, logLevel: *logLevel, memLimit: *memLimit, kamChild: *kamChild,
-		keep: *keep, trace: *trace, workdir: *workdir, perf: *perf, heap: *heap, idleBelow: *idleBelow, idleWait: *idleWait, busyProbe: time.Second, verbose: io.Discard}
+		keep: *keep, trace: *trace, workdir: *workdir, perf: *perf, heap: *heap, cpuprof: *cpuprof, idleBelow: *idleBelow, idleWait: *idleWait, busyProbe: time.Second, verbose: io.Discard}
 	if *verbose {
 		o.verbose = stderr
 	}

@@ -23,9 +23,9 @@ import (
 // through it and returns what SIPp and /proc saw. profiled: record o.perf
 // and save o.heap during this measurement.
 func measure(ctx context.Context, o *options, dir, name string, rate int, profiled bool) (res *result, err error) {
-	perf, heap := "", ""
+	perf, heap, cpuprof := "", "", ""
 	if profiled {
-		perf, heap = o.perf, o.heap
+		perf, heap, cpuprof = o.perf, o.heap, o.cpuprof
 	}
 	res = &result{rate: rate, system: name, expected: int(math.Round(float64(rate) * o.duration.Seconds()))}
 	for start := time.Now(); ; {
@@ -90,7 +90,20 @@ func measure(ctx context.Context, o *options, dir, name string, rate int, profil
 	defer tick.Stop()
 	deadline := time.NewTimer(timeout + 10*time.Second)
 	defer deadline.Stop()
-	var heapAt <-chan time.Time
+	var heapAt, cpuAt <-chan time.Time
+	var cpuDone chan error // the CPU profile's fetch, once started
+	if cpuprof != "" && sys.admin != "" {
+		t := time.NewTimer(o.duration / 3)
+		defer t.Stop()
+		cpuAt = t.C
+		defer func() {
+			if cpuDone != nil && err == nil {
+				if err = <-cpuDone; err != nil {
+					err = fmt.Errorf("cpu profile: %w", err)
+				}
+			}
+		}()
+	}
 	if heap != "" && sys.admin != "" {
 		t := time.NewTimer(o.duration * 2 / 3)
 		defer t.Stop()
@@ -103,6 +116,13 @@ wait:
 			break wait
 		case <-tick.C:
 			sys.sampleMemory()
+		case <-cpuAt:
+			cpuDone = make(chan error, 1)
+			res.note += " cpuprofile"
+			go func() {
+				secs := max(1, int(o.duration.Seconds()/3))
+				cpuDone <- fetch(sys.admin+"/debug/pprof/profile?seconds="+strconv.Itoa(secs), cpuprof)
+			}()
 		case <-heapAt:
 			if err := saveHeap(sys.admin, heap); err != nil {
 				return nil, err
@@ -338,7 +358,7 @@ func fetch(url, file string) error {
 		return err
 	}
 	req.Header.Set("Authorization", "Bearer callbench")
-	res, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+	res, err := (&http.Client{Timeout: 2 * time.Minute}).Do(req)
 	if err != nil {
 		return err
 	}
