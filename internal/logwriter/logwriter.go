@@ -35,7 +35,9 @@
 //     next flush tries again. When a failed write left a line half-written,
 //     the next write starts with a newline so that later lines stay whole.
 //
-// Memory is bounded by two buffers of at most Limit (+ one record) each.
+// Memory is bounded by two buffers holding at most Limit (+ one record)
+// each; they keep their capacity after a burst (at most 2×Limit each), so
+// that a steady log rate allocates nothing.
 // The Writer starts no goroutine of its own: its flushes run in the
 // goroutines of a time.AfterFunc timer, which Close stops.
 package logwriter
@@ -120,8 +122,8 @@ func New(out io.Writer, o Options) *Writer {
 		o.CloseWait = DefaultCloseWait
 	}
 	w := &Writer{out: out, delay: o.Delay, flushAt: o.FlushAt, limit: o.Limit, closeWait: o.CloseWait}
-	w.buf = make([]byte, 0, w.flushAt+w.flushAt/4)
-	w.spare = make([]byte, 0, w.flushAt+w.flushAt/4)
+	w.buf = make([]byte, 0, 2*w.flushAt)
+	w.spare = make([]byte, 0, 2*w.flushAt)
 	w.timer = time.AfterFunc(time.Hour, w.fire)
 	w.timer.Stop()
 	return w
@@ -202,7 +204,7 @@ func (w *Writer) writeOut() {
 		b, n := w.buf, w.nbuf
 		w.buf, w.nbuf, w.spare = w.spare, 0, nil
 		if w.buf == nil {
-			w.buf = make([]byte, 0, w.flushAt+w.flushAt/4)
+			w.buf = make([]byte, 0, 2*w.flushAt)
 		}
 		w.urgent = false
 		if w.armed && w.timer.Stop() {
@@ -213,7 +215,7 @@ func (w *Writer) writeOut() {
 		failed := w.write(b, n, fix)
 		w.mu.Lock()
 		w.midLine = failed
-		if cap(b) <= 4*w.flushAt {
+		if cap(b) <= 2*w.limit {
 			w.spare = b[:0]
 		}
 		if !(w.urgent || w.closed || len(w.buf) >= w.flushAt) {
@@ -221,7 +223,7 @@ func (w *Writer) writeOut() {
 		}
 	}
 	if w.spare == nil {
-		w.spare = make([]byte, 0, w.flushAt+w.flushAt/4)
+		w.spare = make([]byte, 0, 2*w.flushAt)
 	}
 	w.writing = false
 	if w.idle != nil {
