@@ -653,9 +653,9 @@ func (b *B2BUA) answer(ctx context.Context, c *call, from *leg, sdp []byte) ([]b
 	return b.cfg.Media.Answer(ctx, c.mediaID, from.name, sdp)
 }
 
-// endCall is the one teardown path: it runs once per call, BYEs the
-// confirmed legs other than by (the leg whose BYE ended the call),
-// releases the media and records the result.
+// endCall is the one teardown path: it runs once per call, releases the
+// media, BYEs the confirmed legs other than by (the leg whose BYE ended
+// the call) and records the result.
 func (b *B2BUA) endCall(c *call, by *leg, result string, code int, reason string) {
 	c.endOnce.Do(func() {
 		close(c.done)
@@ -668,6 +668,15 @@ func (b *B2BUA) endCall(c *call, by *leg, result string, code int, reason string
 		}
 		c.endResult = result
 		c.mu.Unlock()
+		// The media first, as Kamailio configurations call
+		// rtpengine_delete on BYE: one leg has hung up, and the ports are
+		// free again one round trip of BYE sooner (under load that is
+		// most of a call's descriptors).
+		if c.anchored.Load() {
+			if err := b.cfg.Media.Delete(c.mediaID); err != nil && !errors.Is(err, rtprelay.ErrNotFound) {
+				c.log.Warn("media delete failed", "err", err)
+			}
+		}
 		// BYE the confirmed legs other than by, both at once; usually one
 		// (the other leg hung up), sent from this goroutine.
 		var bye [2]*leg
@@ -688,11 +697,6 @@ func (b *B2BUA) endCall(c *call, by *leg, result string, code int, reason string
 			wg.Wait()
 		} else if n == 1 {
 			b.bye(bye[0], reason)
-		}
-		if c.anchored.Load() {
-			if err := b.cfg.Media.Delete(c.mediaID); err != nil && !errors.Is(err, rtprelay.ErrNotFound) {
-				c.log.Warn("media delete failed", "err", err)
-			}
 		}
 		b.m.Calls.WithLabelValues(c.origin, result).Inc()
 		c.log.callEnd(result, code, time.Since(c.start))
