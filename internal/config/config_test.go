@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -184,6 +185,7 @@ func TestEnvOverlay(t *testing.T) {
 		"CUSAX_ADMIN_TOKEN_FILE": tokenFile,
 		"CUSAX_REDIS_URL":        "redis://:pw@127.0.0.1:6390/2",
 		"CUSAX_LOG_LEVEL":        "debug",
+		"CUSAX_LOG_BUFFER":       "false",
 	}
 	c, err := Load(strings.NewReader("xmpp:\n  secret: from-yaml\nlog:\n  level: warn\n"), filepath.Join(dir, "c.yaml"), func(k string) string { return env[k] })
 	if err != nil {
@@ -194,6 +196,7 @@ func TestEnvOverlay(t *testing.T) {
 		{"admin.token", c.Admin.Token.Reveal(), "tok-from-file"},
 		{"identity.redis.url", c.Identity.Redis.URL.Reveal(), "redis://:pw@127.0.0.1:6390/2"},
 		{"log.level", c.Log.Level, "debug"},
+		{"log.buffer", strconv.FormatBool(c.Log.Buffer), "false"},
 	} {
 		if tc.got != tc.want {
 			t.Errorf("%s = %q, want %q", tc.name, tc.got, tc.want)
@@ -268,4 +271,16 @@ func FuzzLoad(f *testing.F) {
 		_ = c.SIPListeners()
 		_ = c.TrustedPrefixes()
 	})
+}
+
+func TestEnvLogBufferInvalid(t *testing.T) {
+	_, err := Load(strings.NewReader("log:\n  level: info\n"), "c.yaml", func(k string) string {
+		if k == "CUSAX_LOG_BUFFER" {
+			return "maybe"
+		}
+		return ""
+	})
+	if err == nil || !strings.Contains(err.Error(), `CUSAX_LOG_BUFFER: must be true or false, got "maybe"`) {
+		t.Errorf("Load with CUSAX_LOG_BUFFER=maybe = %v, want an error naming it", err)
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"time"
 
@@ -178,6 +179,15 @@ func (c *Config) overlay(name string, getenv func(string) string) error {
 	if v := getenv("CUSAX_LOG_FORMAT"); v != "" {
 		c.Log.Format = v
 		c.lines["log.format"] = 0
+	}
+	if v := getenv("CUSAX_LOG_BUFFER"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			errs = append(errs, &Error{Path: "CUSAX_LOG_BUFFER", Msg: fmt.Sprintf("must be true or false, got %q", v)})
+		} else {
+			c.Log.Buffer = b
+			c.lines["log.buffer"] = 0
+		}
 	}
 	return errors.Join(errs...)
 }
