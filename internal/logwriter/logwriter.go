@@ -143,7 +143,7 @@ func (w *Writer) Write(p []byte) (int, error) {
 	w.nbuf++
 	switch {
 	case w.closed:
-		w.flushLocked()
+		w.flushLocked(false)
 	case w.writing:
 		// The writer goes round again when the buffer is at FlushAt;
 		// otherwise the timer (armed below if not yet) bounds the delay.
@@ -172,7 +172,7 @@ func (w *Writer) arm(d time.Duration) {
 func (w *Writer) fire() {
 	w.mu.Lock()
 	w.armed = false
-	w.flushLocked()
+	w.flushLocked(true)
 	w.mu.Unlock()
 }
 
@@ -181,11 +181,11 @@ func (w *Writer) fire() {
 // them right after its current write and Flush returns at once.
 func (w *Writer) Flush() {
 	w.mu.Lock()
-	w.flushLocked()
+	w.flushLocked(false)
 	w.mu.Unlock()
 }
 
-func (w *Writer) flushLocked() {
+func (w *Writer) flushLocked(background bool) {
 	if len(w.buf) == 0 {
 		return
 	}
@@ -193,12 +193,14 @@ func (w *Writer) flushLocked() {
 		w.urgent = true
 		return
 	}
-	w.writeOut()
+	w.writeOut(background)
 }
 
-// writeOut writes the buffer to out until nothing urgent is left. Called
-// with mu held and writing false; it releases mu around each write.
-func (w *Writer) writeOut() {
+// writeOut writes the buffer to out until nothing urgent is left, or
+// (background false: called by a logging goroutine) once, handing what is
+// urgent to the timer's goroutine. Called with mu held and writing false;
+// it releases mu around each write.
+func (w *Writer) writeOut(background bool) {
 	w.writing = true
 	for len(w.buf) > 0 {
 		b, n := w.buf, w.nbuf
@@ -218,8 +220,17 @@ func (w *Writer) writeOut() {
 		if cap(b) <= 2*w.limit {
 			w.spare = b[:0]
 		}
-		if !(w.urgent || w.closed || len(w.buf) >= w.flushAt) {
+		if len(w.buf) == 0 || w.closed {
+			continue // closed: write everything now (Close waits for it)
+		}
+		if !w.urgent && len(w.buf) < w.flushAt {
 			break // what is left waits for the armed timer
+		}
+		if !background {
+			// A logging goroutine (Flush) writes once; the timer's
+			// goroutine takes the rest at once.
+			w.arm(0)
+			break
 		}
 	}
 	if w.spare == nil {

@@ -288,6 +288,31 @@ func TestWarnWhileWriting(t *testing.T) {
 	})
 }
 
+// TestFlushWritesOnce: a logging goroutine that flushes (a Warn record)
+// makes one write; what piled up meanwhile is written by the timer's
+// goroutine, so a slow output holds at most that one logging call.
+func TestFlushWritesOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		out := &sink{gate: make(chan struct{}), inside: make(chan struct{}, 1)}
+		w := New(out, Options{Delay: time.Hour})
+		defer w.Close()
+		w.Write(line(0))
+		flushed := make(chan struct{})
+		go func() { w.Flush(); close(flushed) }()
+		<-out.inside
+		w.Write(line(1))
+		w.Flush() // a write is in flight: asks for another one at once
+		out.gate <- struct{}{}
+		<-flushed // the first Flush returned after its one write...
+		<-out.inside // ...while the timer's goroutine writes line 1
+		out.gate <- struct{}{}
+		synctest.Wait()
+		if got, want := out.String(), string(line(0))+string(line(1)); got != want {
+			t.Fatalf("output = %q, want %q", got, want)
+		}
+	})
+}
+
 // TestDelayWhileWriting: a record buffered while a write is in flight
 // still goes out within Delay once that write returns.
 func TestDelayWhileWriting(t *testing.T) {
