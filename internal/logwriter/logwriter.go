@@ -14,8 +14,10 @@
 //   - Warn and Error records are written through: Handler wraps a
 //     slog.Handler so that such a record, and every record before it, is on
 //     the output when the logging call returns (unless another goroutine is
-//     writing to the output at that moment: then that goroutine writes them
-//     right after its current write, without waiting for the timer).
+//     writing to the output at that moment: then they are written right
+//     after that write, without waiting for the timer). Such a call makes
+//     at most one write; what piles up meanwhile goes out from the timer's
+//     goroutine.
 //   - Close writes out everything buffered (every exit path of `cusax-gw
 //     run` calls it), waiting at most CloseWait for a blocked output.
 //   - A crash the process cannot run code after (an unrecovered panic in a
@@ -177,8 +179,9 @@ func (w *Writer) fire() {
 }
 
 // Flush writes every buffered record to the output from the calling
-// goroutine, unless another goroutine is writing: then that one writes
-// them right after its current write and Flush returns at once.
+// goroutine (one write; records added meanwhile that are due go out from
+// the timer's goroutine), unless another goroutine is writing: then they
+// are written right after that write and Flush returns at once.
 func (w *Writer) Flush() {
 	w.mu.Lock()
 	w.flushLocked(false)

@@ -303,7 +303,7 @@ func TestFlushWritesOnce(t *testing.T) {
 		w.Write(line(1))
 		w.Flush() // a write is in flight: asks for another one at once
 		out.gate <- struct{}{}
-		<-flushed // the first Flush returned after its one write...
+		<-flushed    // the first Flush returned after its one write...
 		<-out.inside // ...while the timer's goroutine writes line 1
 		out.gate <- struct{}{}
 		synctest.Wait()
