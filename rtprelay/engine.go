@@ -20,8 +20,9 @@ import (
 // never reordered; it takes the sockets off the runtime's netpoller and
 // moves packets with raw recvfrom/sendto (engine_epoll_linux.go says why).
 // start adds a socket to a worker's set; stop retires its descriptor, which
-// is closed once no worker can still be reading from or sending through it;
-// wait stops the workers.
+// is closed (or, for a socket of the relay's pool, handed back to the pool,
+// still in the worker's set) once no worker can still be reading from or
+// sending through it; wait stops the workers.
 type engine interface {
 	// start begins serving s; s.out is set and stays.
 	start(s *sock)

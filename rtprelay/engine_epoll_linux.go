@@ -72,6 +72,10 @@ type epollEngine struct {
 	retired  []retiredFD
 	seen     []uint64 // len(workers) per retired entry, in its order: no allocation per retired socket
 	nRetired atomic.Int32
+
+	// idle marks, in a worker's socks, the descriptor of a stopped pooled
+	// socket that is still in the worker's set (see stop). Never served.
+	idle sock
 }
 
 const epollSupported = true
@@ -261,18 +265,42 @@ func (e *epollEngine) start(s *sock) {
 		e.log.Error("epoll add", "call_id", s.logCallID(), "err", err)
 		return
 	}
-	wi := int(e.next.Add(1)) % len(e.workers)
+	// A pooled descriptor served before (a warm pair reused) is still in
+	// its worker's set unless the worker took it out when it became
+	// readable while idle (run): socks then holds e.idle, not nil.
+	var owner *uint8
+	if es.pooled {
+		owner = &s.endpoint().pair.wi[s.li]
+	}
+	wi := 0
+	if owner != nil && *owner != 0 {
+		wi = int(*owner) - 1
+	} else {
+		wi = int(e.next.Add(1)) % len(e.workers)
+	}
 	w := e.workers[wi]
 	es.wi = uint8(wi + 1)
 	w.mu.Lock()
+	defer w.mu.Unlock()
 	if int(s.fd) >= len(w.socks) {
 		w.socks = append(w.socks, make([]*sock, int(s.fd)+1-len(w.socks))...)
 		w.socks = w.socks[:cap(w.socks)]
 	}
-	w.socks[s.fd] = s
-	w.mu.Unlock()
+	if owner != nil && *owner != 0 && w.socks[s.fd] == &e.idle {
+		w.socks[s.fd] = s // in the set: no epoll_ctl
+		return
+	}
+	// Added with w.mu held: the worker takes an idle descriptor out of its
+	// set with w.mu held too, so it never removes this registration.
 	if err := unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, int(s.fd), &unix.EpollEvent{Events: unix.EPOLLIN, Fd: s.fd}); err != nil {
+		w.socks[s.fd] = nil
+		es.wi = 0
 		e.log.Error("epoll add", "call_id", s.logCallID(), "err", err)
+		return
+	}
+	w.socks[s.fd] = s
+	if owner != nil {
+		*owner = uint8(wi + 1)
 	}
 }
 
@@ -289,16 +317,30 @@ func (e *epollEngine) stop(s *sock) {
 	if es.dead.Swap(true) {
 		return
 	}
+	if es.pooled {
+		// The descriptor stays in the worker's set: the pool keeps it
+		// bound (warm) and a call reusing it needs no epoll_ctl, or closes
+		// it, which takes it out of every set. The sock itself leaves the
+		// worker's socks now, before the descriptor can be closed or
+		// handed to another call: an event for this descriptor number
+		// never again reaches s.
+		if es.wi != 0 {
+			w := e.workers[es.wi-1]
+			w.mu.Lock()
+			if w.socks[s.fd] == s {
+				w.socks[s.fd] = &e.idle
+			}
+			w.mu.Unlock()
+		}
+		e.retireSock(s.fd, s)
+		return
+	}
 	if es.wi != 0 {
 		w := e.workers[es.wi-1]
 		unix.EpollCtl(w.epfd, unix.EPOLL_CTL_DEL, int(s.fd), nil)
 		w.mu.Lock()
 		w.socks[s.fd] = nil
 		w.mu.Unlock()
-	}
-	if es.pooled {
-		e.retireSock(s.fd, s)
-		return
 	}
 	e.retire(s.fd)
 }
@@ -451,7 +493,17 @@ func (w *epollWorker) run() {
 			if int(ev.Fd) >= len(w.socks) {
 				continue // never served here (the eventfd)
 			}
-			if s := w.socks[ev.Fd]; s != nil {
+			switch s := w.socks[ev.Fd]; s {
+			case nil:
+			case &w.e.idle:
+				// An idle pooled socket received (a late packet of its
+				// last call): out of the set, or the level-triggered set
+				// would report it on every wakeup. The datagram stays
+				// queued for the pool's drain check, which then refuses
+				// the pair; a pair reused all the same is added again.
+				unix.EpollCtl(w.epfd, unix.EPOLL_CTL_DEL, int(ev.Fd), nil)
+				w.socks[ev.Fd] = nil
+			default:
 				ready = append(ready, s)
 			}
 		}

@@ -24,6 +24,13 @@ type pair struct {
 	rtpFD, rtcpFD int32
 	// The goroutine engine's sockets (conn pools).
 	rtp, rtcp *net.UDPConn
+	// wi[0] and wi[1] are 1 + the index of the epoll worker whose set
+	// holds rtpFD and rtcpFD (0: none). The engine sets them when it
+	// first serves a descriptor; a stopped pooled socket stays in its
+	// worker's set, so a warm pair reused goes back to the same worker
+	// without epoll_ctl (epollEngine.start). unbindLocked resets them:
+	// closing a descriptor takes it out of every epoll set.
+	wi [2]uint8
 
 	freed time.Time // zero: never used
 }
@@ -226,6 +233,7 @@ func (p *pool) unbindLocked(pr *pair) {
 		closeFD(pr.rtpFD)
 		closeFD(pr.rtcpFD)
 		pr.rtpFD, pr.rtcpFD = -1, -1
+		pr.wi = [2]uint8{}
 	}
 	if pr.rtp != nil {
 		pr.rtp.Close()

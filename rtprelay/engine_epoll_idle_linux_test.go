@@ -1,0 +1,302 @@
+//go:build linux
+
+package rtprelay
+
+import (
+	"bufio"
+	"net/netip"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// epollSet returns the descriptors in the epoll set epfd, as the kernel
+// lists them in /proc/self/fdinfo.
+func epollSet(t *testing.T, epfd int) map[int32]bool {
+	t.Helper()
+	f, err := os.Open("/proc/self/fdinfo/" + strconv.Itoa(epfd))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	set := make(map[int32]bool)
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 2 || fields[0] != "tfd:" {
+			continue
+		}
+		fd, err := strconv.Atoi(fields[1])
+		if err != nil {
+			t.Fatalf("fdinfo of epoll %d: %q", epfd, sc.Text())
+		}
+		set[int32(fd)] = true
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return set
+}
+
+// inSets returns the indexes of the epoll engine's workers whose sets hold fd.
+func inSets(t *testing.T, e *epollEngine, fd int32) []int {
+	t.Helper()
+	var in []int
+	for i, w := range e.workers {
+		if epollSet(t, w.epfd)[fd] {
+			in = append(in, i)
+		}
+	}
+	return in
+}
+
+// slot returns what worker wi's descriptor-indexed table holds for fd.
+func slot(e *epollEngine, wi int, fd int32) *sock {
+	w := e.workers[wi]
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if int(fd) >= len(w.socks) {
+		return nil
+	}
+	return w.socks[fd]
+}
+
+// callSocks returns the four socks of a call with one stream (leg A's
+// endpoint first).
+func callSocks(t *testing.T, r *Relay, id string) []*sock {
+	t.Helper()
+	r.mu.Lock()
+	c := r.calls[id]
+	r.mu.Unlock()
+	if c == nil {
+		t.Fatalf("no call %q", id)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var s []*sock
+	for _, e := range c.streams[0].ends {
+		s = append(s, &e.rtp, &e.rtcp)
+	}
+	return s
+}
+
+func epollTestRelay(t *testing.T, pairs int, q time.Duration) (*Relay, *epollEngine) {
+	t.Helper()
+	min, max := freeRange(t, 2*pairs)
+	r, _, _ := testRelay(t, Config{PortMin: min, PortMax: max, Engine: "epoll", Workers: 2, Quarantine: q, FloodLimit: 1 << 20})
+	if !r.pool.raw {
+		t.Skip("no raw pool: nothing is kept bound")
+	}
+	runRelay(t, r)
+	return r, r.eng.(*epollEngine)
+}
+
+func warmPairs(r *Relay) int {
+	r.pool.mu.Lock()
+	defer r.pool.mu.Unlock()
+	return r.pool.warm.count
+}
+
+// TestEpollIdleStaysInSet: the sockets of a warm pair stay in their
+// worker's epoll set, marked idle (never served), and a call that reuses
+// the pair is served by that worker from the same registration.
+func TestEpollIdleStaysInSet(t *testing.T) {
+	const q = time.Hour
+	r, e := epollTestRelay(t, 2, q)
+	a, b := listenPhone(t), listenPhone(t)
+	toA, toB := relayCall(t, r, "old", a, b)
+	exchange(t, a, toA, b, rtpPacket(1, 0, 1))
+	exchange(t, b, toB, a, rtpPacket(1, 0, 2))
+	old := callSocks(t, r, "old")
+	fds := make([]int32, len(old))
+	wis := make([]int, len(old))
+	for i, s := range old {
+		fds[i] = s.fd
+		in := inSets(t, e, s.fd)
+		if len(in) != 1 || int(s.ep.wi) != in[0]+1 {
+			t.Fatalf("fd %d of a live call in the sets of workers %v, want exactly worker %d", s.fd, in, s.ep.wi-1)
+		}
+		wis[i] = in[0]
+	}
+	if err := r.Delete("old"); err != nil {
+		t.Fatal(err)
+	}
+	settle(t, func() bool { return warmPairs(r) == 2 })
+	if n := warmPairs(r); n != 2 {
+		t.Fatalf("%d warm pairs after the call ended, want 2", n)
+	}
+	for i, fd := range fds {
+		if in := inSets(t, e, fd); !slices.Equal(in, []int{wis[i]}) {
+			t.Errorf("idle fd %d in the sets of workers %v, want still in worker %d's", fd, in, wis[i])
+		}
+		if s := slot(e, wis[i], fd); s != &e.idle {
+			t.Errorf("worker %d's table holds %p for idle fd %d, want the idle mark", wis[i], s, fd)
+		}
+	}
+
+	agePool(r.pool, q/2+time.Second)
+	r.pool.sweep()
+	agePool(r.pool, q/2)
+	a2, b2 := listenPhone(t), listenPhone(t)
+	toA2, toB2 := relayCall(t, r, "new", a2, b2)
+	cur := callSocks(t, r, "new")
+	for _, s := range cur {
+		i := slices.Index(fds, s.fd)
+		if i < 0 {
+			t.Fatalf("the new call's fd %d is not one of the warm pairs' %v", s.fd, fds)
+		}
+		if in := inSets(t, e, s.fd); !slices.Equal(in, []int{wis[i]}) || int(s.ep.wi) != wis[i]+1 {
+			t.Errorf("reused fd %d served by worker %d, in the sets of %v; want worker %d's only", s.fd, s.ep.wi-1, in, wis[i])
+		}
+		if got := slot(e, wis[i], s.fd); got != s {
+			t.Errorf("worker %d's table holds %p for reused fd %d, want the new call's sock %p", wis[i], got, s.fd, s)
+		}
+	}
+	exchange(t, a2, toA2, b2, rtpPacket(7, 0, 9))
+	exchange(t, b2, toB2, a2, rtpPacket(8, 0, 10))
+	for _, s := range old {
+		if n := s.st.packets.Load(); n > 1 {
+			t.Errorf("the old call's sock on fd %d counted %d packets, want at most the 1 of its own call", s.fd, n)
+		}
+	}
+}
+
+// TestEpollIdleReceived: an idle socket that receives is taken out of its
+// worker's set (a level-triggered set would report it on every wakeup)
+// with its datagram left queued for the pool: a pair that received after
+// its mid-quarantine drain is closed, not reused; one that received before
+// it is drained, reused, added to a set again and served.
+func TestEpollIdleReceived(t *testing.T) {
+	const q = time.Hour
+	r, e := epollTestRelay(t, 3, q)
+	a, b, stray := listenPhone(t), listenPhone(t), listenPhone(t)
+	toA, toB := relayCall(t, r, "old", a, b)
+	exchange(t, a, toA, b, rtpPacket(1, 0, 1))
+	exchange(t, b, toB, a, rtpPacket(1, 0, 2))
+	old := callSocks(t, r, "old")
+	if err := r.Delete("old"); err != nil {
+		t.Fatal(err)
+	}
+	settle(t, func() bool { return warmPairs(r) == 2 })
+	late := func(s *sock) {
+		t.Helper()
+		to := netip.AddrPortFrom(loopback, uint16(s.endpoint().pair.port+int(s.li)))
+		if _, err := stray.WriteToUDPAddrPort([]byte("late"), to); err != nil {
+			t.Fatal(err)
+		}
+		wi := int(s.ep.wi) - 1
+		settle(t, func() bool { return slot(e, wi, s.fd) == nil })
+		if in := inSets(t, e, s.fd); len(in) != 0 || slot(e, wi, s.fd) != nil {
+			t.Fatalf("idle fd %d that received: in the sets of workers %v, table %p; want out of every set, no entry", s.fd, in, slot(e, wi, s.fd))
+		}
+		buf := make([]byte, 10)
+		if n, _, err := unix.Recvfrom(int(s.fd), buf, unix.MSG_PEEK|unix.MSG_DONTWAIT); err != nil || string(buf[:n]) != "late" {
+			t.Fatalf("fd %d: the late datagram is not queued any more (%q, %v)", s.fd, buf[:n], err)
+		}
+	}
+	early, after := old[0], old[2] // RTP of leg A's pair, of leg B's pair
+	earlyPort, afterPort := early.endpoint().pair.port, after.endpoint().pair.port
+	late(early)
+	agePool(r.pool, q/2+time.Second)
+	r.pool.sweep() // drains early's queue
+	late(after)
+	agePool(r.pool, q/2)
+
+	a2, b2 := listenPhone(t), listenPhone(t)
+	toA2, toB2 := relayCall(t, r, "new", a2, b2)
+	got := []int{int(toA2.Port()), int(toB2.Port())}
+	if slices.Contains(got, afterPort) {
+		t.Errorf("the new call got pair %d, which received after its mid-quarantine drain", afterPort)
+	}
+	if !slices.Contains(got, earlyPort) {
+		t.Errorf("the new call is on ports %v, want the warm pair %d (drained at mid-quarantine) among them", got, earlyPort)
+	}
+	if bound(t, afterPort) {
+		t.Errorf("the refused pair %d is still bound", afterPort)
+	}
+	for _, s := range callSocks(t, r, "new") {
+		if in := inSets(t, e, s.fd); len(in) != 1 || int(s.ep.wi) != in[0]+1 || slot(e, in[0], s.fd) != s {
+			t.Errorf("fd %d of the new call in the sets of workers %v, served by %d", s.fd, in, s.ep.wi-1)
+		}
+	}
+	exchange(t, a2, toA2, b2, rtpPacket(7, 0, 9))
+	exchange(t, b2, toB2, a2, rtpPacket(8, 0, 10))
+	s, err := r.Query("new")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for side, l := range s.Legs {
+		if st := l.Streams[0]; st.Packets != 1 || st.Dropped != 0 {
+			t.Errorf("leg %d: %d packets received, %d dropped; want 1, 0 (the late datagrams must be gone)", side, st.Packets, st.Dropped)
+		}
+	}
+}
+
+// TestEpollReusedDescriptor: sockets a pool at its descriptor budget
+// closes are not taken out of their sets first (closing does that); the
+// descriptor numbers the next call gets are the same, and events for them
+// reach only the new call's socks, never the old ones.
+func TestEpollReusedDescriptor(t *testing.T) {
+	r, e := epollTestRelay(t, 4, time.Hour)
+	r.pool.mu.Lock()
+	r.pool.fdBudget = 0 // every freed pair is closed
+	r.pool.mu.Unlock()
+	a, b := listenPhone(t), listenPhone(t)
+	toA, toB := relayCall(t, r, "old", a, b)
+	exchange(t, a, toA, b, rtpPacket(1, 0, 1))
+	exchange(t, b, toB, a, rtpPacket(1, 0, 2))
+	old := callSocks(t, r, "old")
+	var oldFDs []int32
+	for _, s := range old {
+		oldFDs = append(oldFDs, s.fd)
+	}
+	a2, b2 := listenPhone(t), listenPhone(t) // before the old call's descriptors are free
+	if err := r.Delete("old"); err != nil {
+		t.Fatal(err)
+	}
+	settle(t, func() bool { return !bound(t, int(toA.Port())) && !bound(t, int(toB.Port())) })
+	if bound(t, int(toA.Port())) || bound(t, int(toB.Port())) {
+		t.Fatal("the old call's ports are still bound; want closed (no room in the budget)")
+	}
+	toA2, toB2 := relayCall(t, r, "new", a2, b2)
+	cur := callSocks(t, r, "new")
+	for _, s := range cur {
+		if !slices.Contains(oldFDs, s.fd) {
+			t.Skipf("the kernel gave the new call fd %d, not one of the old call's %v: nothing to test", s.fd, oldFDs)
+		}
+	}
+	for _, s := range cur {
+		in := inSets(t, e, s.fd)
+		if len(in) != 1 || int(s.ep.wi) != in[0]+1 {
+			t.Errorf("reused fd %d in the sets of workers %v, served by %d; want exactly its worker's", s.fd, in, s.ep.wi-1)
+		}
+		for wi := range e.workers {
+			if got := slot(e, wi, s.fd); slices.Contains(old, got) {
+				t.Errorf("worker %d's table still maps fd %d to the old call's sock", wi, s.fd)
+			}
+		}
+	}
+	var before [4]uint64
+	for i, s := range old {
+		before[i] = s.st.packets.Load()
+	}
+	for i := range 5 {
+		exchange(t, a2, toA2, b2, rtpPacket(uint16(10+i), 0, 9))
+		exchange(t, b2, toB2, a2, rtpPacket(uint16(10+i), 0, 10))
+	}
+	for i, s := range old {
+		if n := s.st.packets.Load(); n != before[i] {
+			t.Errorf("the old call's sock (fd %d) counted %d packets after its descriptor was reused, had %d", s.fd, n, before[i])
+		}
+	}
+	for _, s := range cur[:1] {
+		if n := s.st.packets.Load(); n != 5 {
+			t.Errorf("the new call's RTP sock (fd %d) counted %d packets, want 5", s.fd, n)
+		}
+	}
+}
