@@ -300,3 +300,62 @@ func TestEpollReusedDescriptor(t *testing.T) {
 		}
 	}
 }
+
+// TestDrainQueued: queued tells, without consuming anything, whether a
+// pair has a datagram waiting; drainQueued empties exactly the queues that
+// hold something, across its 1,024-descriptor ppoll chunks.
+func TestDrainQueued(t *testing.T) {
+	const n = 1030
+	fds := make([]int32, n)
+	for i := range fds {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unix.Close(fd) })
+		if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: loopback.As4()}); err != nil {
+			t.Fatal(err)
+		}
+		fds[i] = int32(fd)
+	}
+	sender := listenPhone(t)
+	send := func(i int) {
+		t.Helper()
+		sa, err := unix.Getsockname(int(fds[i]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		to := netip.AddrPortFrom(loopback, uint16(sa.(*unix.SockaddrInet4).Port))
+		if _, err := sender.WriteToUDPAddrPort([]byte("x"), to); err != nil {
+			t.Fatal(err)
+		}
+	}
+	peek := func(i int) bool {
+		_, _, err := unix.Recvfrom(int(fds[i]), make([]byte, 1), unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		return err == nil
+	}
+	if queued(fds[0], fds[1]) {
+		t.Fatal("queued(empty, empty) = true")
+	}
+	send(1)
+	if !peek(1) { // loopback delivers within sendto
+		t.Fatal("the datagram sent to socket 1 is not queued there")
+	}
+	if !queued(fds[0], fds[1]) || !queued(fds[1], -1) {
+		t.Fatal("queued = false with a datagram waiting")
+	}
+	if !peek(1) {
+		t.Fatal("queued consumed the datagram")
+	}
+	full := []int{1, 3, 1023, 1024, 1029}
+	for _, i := range full {
+		send(i)
+		send(i)
+	}
+	drainQueued(fds, &drainScratch{})
+	for i := range fds {
+		if peek(i) {
+			t.Errorf("socket %d of %d still has a datagram queued after drainQueued", i, n)
+		}
+	}
+}

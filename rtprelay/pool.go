@@ -47,10 +47,11 @@ type pair struct {
 // any cold pair, once its quarantine has passed: binding four sockets was
 // the most expensive part of a call's setup. Nothing reads a warm pair's
 // sockets, so datagrams sent to it queue in the kernel. Run's sweep drains
-// a warm pair once in the middle of its quarantine; get drains it again
-// and hands it out only when nothing arrived in between (anything queued
-// before that is discarded, so a late packet of the previous call can
-// never reach the next one). A pair that did receive is closed (its old
+// a warm pair once in the middle of its quarantine (one ppoll for all the
+// pairs due, then a drain of those with something queued); get hands it
+// out only when nothing arrived in between (one ppoll of its two sockets;
+// anything queued before that was discarded, so a late packet of the
+// previous call can never reach the next one). A pair that did receive is closed (its old
 // peer is still sending; the kernel now answers it with port-unreachable)
 // and quarantined again, cold. Warm pairs nobody asked for are closed by
 // the sweep one quarantine after theirs ended, so a finished peak does not
@@ -81,6 +82,9 @@ type pool struct {
 	// warm[0:checked] were drained at mid-quarantine.
 	checked int
 	closed  bool
+	// sweep's reused lists of the descriptors it drains.
+	sweepFDs []int32
+	scratch  drainScratch
 }
 
 // ring is a FIFO of pair indexes.
@@ -145,7 +149,7 @@ func (p *pool) get() (*pair, error) {
 		}
 		// Anything queued now arrived after the mid-quarantine drain (or,
 		// unchecked, at any time since the call ended).
-		if drained := drainFD(pr.rtpFD) + drainFD(pr.rtcpFD); drained > 0 {
+		if queued(pr.rtpFD, pr.rtcpFD) {
 			p.unbindLocked(pr)
 			pr.freed = now
 			p.cold.push(pr.idx)
@@ -282,15 +286,17 @@ func (p *pool) sweep() {
 		p.unbindLocked(pr)
 		p.cold.push(pr.idx) // its quarantine is over
 	}
+	fds := p.sweepFDs[:0]
 	for p.checked < p.warm.count {
 		pr := &p.pairs[p.warm.at(p.checked)]
 		if now.Sub(pr.freed) < p.quarantine/2 {
 			break
 		}
-		drainFD(pr.rtpFD)
-		drainFD(pr.rtcpFD)
+		fds = append(fds, pr.rtpFD, pr.rtcpFD)
 		p.checked++
 	}
+	drainQueued(fds, &p.scratch)
+	p.sweepFDs = fds[:0]
 }
 
 // close unbinds every pair; the engine must have stopped (Run's shutdown).

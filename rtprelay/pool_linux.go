@@ -69,3 +69,48 @@ func drainFD(fd int32) int {
 		n++
 	}
 }
+
+// queued reports whether a datagram is queued at a or b: one ppoll that
+// does not wait (cheaper than draining both, the common case being two
+// empty queues). -1 counts as empty.
+func queued(a, b int32) bool {
+	fds := [2]unix.PollFd{{Fd: a, Events: unix.POLLIN}, {Fd: b, Events: unix.POLLIN}}
+	var ts unix.Timespec
+	for {
+		n, err := unix.Ppoll(fds[:], &ts, nil)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			return drainFD(a)+drainFD(b) > 0 // cannot tell: look the slow way
+		}
+		return n > 0 && (fds[0].Revents&unix.POLLIN != 0 || fds[1].Revents&unix.POLLIN != 0)
+	}
+}
+
+// drainScratch is drainQueued's reused poll set.
+type drainScratch struct{ pfds []unix.PollFd }
+
+// drainQueued empties the queues of fds (no -1): one ppoll, which does not
+// wait, for up to 1,024 descriptors, then a drain of those that have
+// datagrams queued.
+func drainQueued(fds []int32, sc *drainScratch) {
+	var ts unix.Timespec
+	for len(fds) > 0 {
+		chunk := fds[:min(len(fds), 1024)]
+		fds = fds[len(chunk):]
+		sc.pfds = sc.pfds[:0]
+		for _, fd := range chunk {
+			sc.pfds = append(sc.pfds, unix.PollFd{Fd: fd, Events: unix.POLLIN})
+		}
+		n, err := unix.Ppoll(sc.pfds, &ts, nil)
+		for err == unix.EINTR {
+			n, err = unix.Ppoll(sc.pfds, &ts, nil)
+		}
+		for _, p := range sc.pfds {
+			if err != nil || n > 0 && p.Revents != 0 {
+				drainFD(p.Fd)
+			}
+		}
+	}
+}

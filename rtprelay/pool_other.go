@@ -19,3 +19,9 @@ func fdBudget() int { return 0 }
 func closeFD(int32) {}
 
 func drainFD(int32) int { return 0 }
+
+func queued(int32, int32) bool { return false }
+
+type drainScratch struct{}
+
+func drainQueued([]int32, *drainScratch) {}
