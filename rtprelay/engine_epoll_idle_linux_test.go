@@ -4,11 +4,16 @@ package rtprelay
 
 import (
 	"bufio"
+	"context"
+	"fmt"
+	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -356,6 +361,141 @@ func TestDrainQueued(t *testing.T) {
 	for i := range fds {
 		if peek(i) {
 			t.Errorf("socket %d of %d still has a datagram queued after drainQueued", i, n)
+		}
+	}
+}
+
+// TestEpollNoEventsAfterDetach: calls come and go in parallel while a
+// stray sender keeps sending to the ports of ended calls (in quarantine),
+// with a pool that has room for two warm pairs only: descriptors are
+// closed without EPOLL_CTL_DEL, some while in a worker's set and some
+// after the worker took them out because they received, and their numbers
+// go to the next calls' sockets at once. Once the engine has let go of a
+// call's socks nothing reaches them again, and every new call relays its
+// own media.
+func TestEpollNoEventsAfterDetach(t *testing.T) {
+	r, _ := epollTestRelay(t, 2*2*60+10, time.Hour)
+	r.pool.mu.Lock()
+	r.pool.fdBudget = 2 * (2*2 + 2) // two calls' pairs and two warm pairs
+	r.pool.mu.Unlock()
+
+	type ended struct {
+		socks []*sock
+		count [4]uint64
+	}
+	var (
+		mu     sync.Mutex
+		done   []ended
+		ports  []uint16 // of ended calls, for the stray sender
+		finish = make(chan struct{})
+		strays sync.WaitGroup
+	)
+	stray := listenPhone(t)
+	strays.Go(func() {
+		for i := 0; ; i++ {
+			select {
+			case <-finish:
+				return
+			default:
+			}
+			mu.Lock()
+			var to uint16
+			if len(ports) > 0 {
+				to = ports[i%len(ports)]
+			}
+			mu.Unlock()
+			if to != 0 {
+				stray.WriteToUDPAddrPort([]byte("stray"), netip.AddrPortFrom(loopback, to))
+			}
+			if i%64 == 0 {
+				runtime.Gosched()
+			}
+		}
+	})
+	// relay sends p from src to dst and reads it at rcv.
+	relay := func(src *net.UDPConn, dst netip.AddrPort, rcv *net.UDPConn, p []byte) error {
+		buf := make([]byte, 1500)
+		if _, err := src.WriteToUDPAddrPort(p, dst); err != nil {
+			return err
+		}
+		rcv.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, _, err := rcv.ReadFromUDPAddrPort(buf)
+		if err != nil || string(buf[:n]) != string(p) {
+			return fmt.Errorf("%q from %v via %v: %v got %q, %v", p, src.LocalAddr(), dst, rcv.LocalAddr(), buf[:n], err)
+		}
+		return nil
+	}
+	var wg sync.WaitGroup
+	for g := range 2 {
+		a, b := listenPhone(t), listenPhone(t)
+		wg.Go(func() {
+			for round := range 60 {
+				id := fmt.Sprintf("call-%d-%d", g, round)
+				ctx := context.Background()
+				offer, err := r.Offer(ctx, id, "tag-a", phoneSDP(port(a)))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				answer, err := r.Answer(ctx, id, "tag-b", phoneSDP(port(b)))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				pa, errA := parseSDP(answer)
+				pb, errB := parseSDP(offer)
+				if errA != nil || errB != nil {
+					t.Error(errA, errB)
+					return
+				}
+				toA := netip.AddrPortFrom(loopback, uint16(pa.media[0].port))
+				toB := netip.AddrPortFrom(loopback, uint16(pb.media[0].port))
+				p := []byte(id)
+				if err := relay(a, toA, b, p); err != nil {
+					t.Error(err)
+				}
+				if err := relay(b, toB, a, p); err != nil {
+					t.Error(err)
+				}
+				r.mu.Lock()
+				c := r.calls[id]
+				r.mu.Unlock()
+				c.mu.Lock()
+				e0, e1 := c.streams[0].ends[0], c.streams[0].ends[1]
+				c.mu.Unlock()
+				socks := []*sock{&e0.rtp, &e0.rtcp, &e1.rtp, &e1.rtcp}
+				if err := r.Delete(id); err != nil {
+					t.Error(err)
+				}
+				for deadline := time.Now().Add(5 * time.Second); (e0.pending.Load() != 0 || e1.pending.Load() != 0) && time.Now().Before(deadline); {
+					runtime.Gosched()
+				}
+				if e0.pending.Load() != 0 || e1.pending.Load() != 0 {
+					t.Errorf("%s: the engine did not let go of the call's socks", id)
+					return
+				}
+				en := ended{socks: socks}
+				for i, s := range socks {
+					en.count[i] = s.st.packets.Load()
+				}
+				mu.Lock()
+				done = append(done, en)
+				ports = append(ports, toA.Port(), toA.Port()+1, toB.Port(), toB.Port()+1)
+				if len(ports) > 64 {
+					ports = ports[len(ports)-64:]
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	close(finish)
+	strays.Wait()
+	for _, en := range done {
+		for i, s := range en.socks {
+			if n := s.st.packets.Load(); n != en.count[i] {
+				t.Errorf("sock %d of %s counted %d packets after the engine let go of it (had %d)", i, s.logCallID(), n, en.count[i])
+			}
 		}
 	}
 }
