@@ -323,7 +323,12 @@ func (e *epollEngine) stop(s *sock) {
 		// it, which takes it out of every set. The sock itself leaves the
 		// worker's socks now, before the descriptor can be closed or
 		// handed to another call: an event for this descriptor number
-		// never again reaches s.
+		// never again reaches s. (A close takes the socket out of the sets
+		// only when it drops the last reference: should a child process
+		// be forked while it is open, its registration may outlive the
+		// number for a moment, and its events then go to whatever the
+		// worker's table holds for the number: a sock whose recvfrom finds
+		// its own queue, or an idle mark, or nothing.)
 		if es.wi != 0 {
 			w := e.workers[es.wi-1]
 			w.mu.Lock()
