@@ -101,6 +101,7 @@ type options struct {
 	rtpengine string
 	logLevel  string // the gateway's log.level
 	memLimit  int    // the gateway's runtime.memory_limit in MiB (0: none)
+	udpBuf    int    // the gateway's sip.udp_receive_buffer in bytes (0: its default)
 	kamChild  int    // Kamailio UDP worker processes
 	keep      bool   // keep the working directory
 	trace     bool   // the callee traces every message (SIPp -trace_msg)
@@ -131,6 +132,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	kam := fs.String("kamailio", "kamailio", "Kamailio binary")
 	rtpe := fs.String("rtpengine", "rtpengine", "rtpengine binary")
 	logLevel := fs.String("gateway-log-level", "info", "the gateway's log.level (its JSON log goes to a file in the work dir)")
+	udpBuf := fs.Int("gateway-udp-buffer", 0, "the gateway's sip.udp_receive_buffer in bytes (0: the gateway's default)")
 	memLimit := fs.Int("gateway-memory-limit", 0, "the gateway's runtime.memory_limit in MiB (GOMEMLIMIT; 0: none, the default)")
 	kamChild := fs.Int("kamailio-children", 8, "Kamailio UDP worker processes")
 	keep := fs.Bool("keep", false, "keep the work dir (configs, logs, SIPp statistics)")
@@ -150,7 +152,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
 	o := &options{runs: *runs, duration: *duration, callLen: *callLen, settle: 2 * time.Second,
-		sutCPU: *sutCPU, sippCPU: *sippCPU, gateway: *gw, logLevel: *logLevel, memLimit: *memLimit, kamChild: *kamChild,
+		sutCPU: *sutCPU, sippCPU: *sippCPU, gateway: *gw, logLevel: *logLevel, memLimit: *memLimit, udpBuf: *udpBuf, kamChild: *kamChild,
 		keep: *keep, trace: *trace, workdir: *workdir, perf: *perf, heap: *heap, cpuprof: *cpuprof, idleBelow: *idleBelow, idleWait: *idleWait, busyProbe: time.Second, verbose: io.Discard}
 	if *verbose {
 		o.verbose = stderr
@@ -174,6 +176,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		default:
 			return nil, fmt.Errorf("-systems: unknown system %q", f)
 		}
+	}
+	if *udpBuf < 0 {
+		return nil, fmt.Errorf("-gateway-udp-buffer %d: must not be negative", *udpBuf)
 	}
 	if o.memLimit < 0 {
 		return nil, errors.New("-gateway-memory-limit must not be negative")

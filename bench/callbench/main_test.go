@@ -4,6 +4,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"math"
 	"os"
 	"path/filepath"
@@ -129,9 +130,10 @@ func TestPassAndMedian(t *testing.T) {
 // -gateway-memory-limit and loads it as the daemon does.
 func TestGatewayConfig(t *testing.T) {
 	for _, mib := range []int{0, 350} {
+		udpBuf := mib << 12 // 0, or 1.4 MB with the limit
 		var b bytes.Buffer
 		if err := gatewayConfig.Execute(&b, map[string]any{"LogLevel": "info", "Admin": 1, "XMPP": 2, "SIP": 3,
-			"Callee": calleeIP + ":4", "Dir": t.TempDir(), "MemLimit": mib << 20}); err != nil {
+			"Callee": calleeIP + ":4", "Dir": t.TempDir(), "MemLimit": mib << 20, "UDPBuf": udpBuf}); err != nil {
 			t.Fatal(err)
 		}
 		cfg, err := config.Load(&b, "config.yaml", nil)
@@ -143,6 +145,9 @@ func TestGatewayConfig(t *testing.T) {
 		}
 		if got := cfg.Runtime.MemoryLimit; got != mib<<20 {
 			t.Errorf("runtime.memory_limit = %d, want %d", got, mib<<20)
+		}
+		if want := cmp.Or(udpBuf, config.Default().SIP.UDPReceiveBuffer); cfg.SIP.UDPReceiveBuffer != want {
+			t.Errorf("sip.udp_receive_buffer = %d, want %d", cfg.SIP.UDPReceiveBuffer, want)
 		}
 	}
 }

@@ -143,6 +143,9 @@ sip:
   pbx: "sip:{{.Callee}}"
   trusted: ["` + calleeIP + `/32"]
   pbx_ping: 0s   # the SIPp callee does not expect OPTIONS
+{{- if .UDPBuf}}
+  udp_receive_buffer: {{.UDPBuf}}
+{{- end}}
 rtp:
   listen: ` + relayIP + `
   port_min: 1024
@@ -167,7 +170,7 @@ func startGateway(o *options, dir, callee string) (*system, error) {
 	}
 	var conf bytes.Buffer
 	if err := gatewayConfig.Execute(&conf, map[string]any{"LogLevel": o.logLevel, "Admin": ports[0], "XMPP": ports[1],
-		"SIP": ports[2], "Callee": callee, "Dir": gdir, "MemLimit": o.memLimit << 20}); err != nil {
+		"SIP": ports[2], "Callee": callee, "Dir": gdir, "MemLimit": o.memLimit << 20, "UDPBuf": o.udpBuf}); err != nil {
 		return nil, err
 	}
 	cfg := filepath.Join(gdir, "config.yaml")
