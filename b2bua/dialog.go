@@ -393,15 +393,15 @@ func (b *B2BUA) onStrayResponse(res *sip.Response) {
 	}
 	b.m.Responses.WithLabelValues(classOf(res.StatusCode), "in").Inc()
 	if l.reack != nil {
-		if req := l.reack.req.Load(); req != nil && req.CSeq().SeqNo == cseq.SeqNo {
+		switch req := l.reack.req.Load(); {
+		case req == nil:
+			// Our ACK waits for the A-leg's (late offer: it carries the
+			// answer); it goes out then.
+			return
+		case req.CSeq().SeqNo == cseq.SeqNo:
 			// The initial INVITE's 2xx: the same ACK again (with the
 			// answer when the INVITE had no offer).
 			l.reack.onRetransmission(res)
-			return
-		}
-		if l.reack.req.Load() == nil {
-			// Our ACK waits for the A-leg's (late offer: it carries the
-			// answer); it goes out then.
 			return
 		}
 	}

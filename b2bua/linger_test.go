@@ -21,14 +21,7 @@ func TestLateInitialInviteCopy482(t *testing.T) {
 	pbx.answer(200)
 	b, _, gw := startCallGateway(t, pbx.addr, CallOptions{Media: &fakeMedia{}})
 	phone := startPeer(t, "127.0.0.1")
-
-	s, res := phone.call(t, gw, "sip:bob@example.com", testSDP)
-	if res.StatusCode != 200 {
-		t.Fatalf("phone got %d, want 200", res.StatusCode)
-	}
-	if err := s.Ack(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	s := phone.answeredCall(t, gw)
 
 	// The same INVITE (Call-ID, From tag, CSeq, no To tag) on a new branch:
 	// what the gateway sees of a retransmission after its transaction ended.
@@ -177,14 +170,7 @@ func TestPBX2xxRetransmissionACKedAgain(t *testing.T) {
 	}
 	pbx.mu.Unlock()
 	b, _, gw := startCallGateway(t, pbx.addr, CallOptions{Media: &fakeMedia{}})
-	phone := startPeer(t, "127.0.0.1")
-	s, res := phone.call(t, gw, "sip:bob@example.com", testSDP)
-	if res.StatusCode != 200 {
-		t.Fatalf("phone got %d, want 200", res.StatusCode)
-	}
-	if err := s.Ack(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	s := startPeer(t, "127.0.0.1").answeredCall(t, gw)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	acks := func(n int) []*sip.Request {
@@ -215,4 +201,17 @@ func TestPBX2xxRetransmissionACKedAgain(t *testing.T) {
 		t.Fatalf("BYE: %v", err)
 	}
 	waitCallsEnded(t, b)
+}
+
+// answeredCall calls bob through the gateway at gw, expects 200 and ACKs it.
+func (p *sipPeer) answeredCall(t *testing.T, gw string) *sipgo.DialogClientSession {
+	t.Helper()
+	s, res := p.call(t, gw, "sip:bob@example.com", testSDP)
+	if res.StatusCode != 200 {
+		t.Fatalf("phone got %d, want 200", res.StatusCode)
+	}
+	if err := s.Ack(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return s
 }

@@ -30,23 +30,13 @@ func TestRespond2xxRetransmissions(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				req := parseRequest(t, []byte(strings.Join([]string{
-					"INVITE sip:bob@example.com SIP/2.0",
-					"Via: SIP/2.0/" + tc.transport + " 192.0.2.1:5060;branch=z9hG4bK-1",
-					"From: <sip:alice@example.com>;tag=a",
-					"To: <sip:bob@example.com>",
-					"Call-ID: c1",
-					"CSeq: 1 INVITE",
-					"Contact: <sip:alice@192.0.2.1>",
-					"Content-Length: 0",
-					"", ""}, "\r\n")))
-				req.SetTransport(tc.transport)
+				req := testInvite(t, tc.transport)
 				b := &B2BUA{m: testMetrics()}
 				c := &call{log: callLog{l: discardLogger()}, done: make(chan struct{})}
 				l := &leg{name: "a", uas: true, call: c, localTag: "t", ackCh: make(chan *sip.Request, 4)}
 				tx := &recordTx{}
 				if tc.ackAfter > 0 {
-					ack := parseRequest(t, []byte(strings.Replace(strings.Replace(req.String(), "INVITE sip", "ACK sip", 1), "1 INVITE", "1 ACK", 1)))
+					ack := testAck(t, req)
 					time.AfterFunc(tc.ackAfter, func() { l.ackCh <- ack })
 				}
 				start := time.Now()
@@ -69,17 +59,7 @@ func TestRespond2xxRetransmissions(t *testing.T) {
 // goes on retransmitting the 2xx straight to the transport.
 func TestRespond2xxAfterTransaction(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		req := parseRequest(t, []byte(strings.Join([]string{
-			"INVITE sip:bob@example.com SIP/2.0",
-			"Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK-1",
-			"From: <sip:alice@example.com>;tag=a",
-			"To: <sip:bob@example.com>",
-			"Call-ID: c1",
-			"CSeq: 1 INVITE",
-			"Contact: <sip:alice@192.0.2.1>",
-			"Content-Length: 0",
-			"", ""}, "\r\n")))
-		req.SetTransport("UDP")
+		req := testInvite(t, "UDP")
 		var direct []*sip.Response
 		b := &B2BUA{m: testMetrics(), writeResponse: func(res *sip.Response) error {
 			direct = append(direct, res)
@@ -88,7 +68,7 @@ func TestRespond2xxAfterTransaction(t *testing.T) {
 		c := &call{log: callLog{l: discardLogger()}, done: make(chan struct{})}
 		l := &leg{name: "a", uas: true, call: c, localTag: "t", ackCh: make(chan *sip.Request, 4)}
 		tx := &endingTx{okFor: 2} // the 2xx and its first retransmission
-		ack := parseRequest(t, []byte(strings.Replace(strings.Replace(req.String(), "INVITE sip", "ACK sip", 1), "1 INVITE", "1 ACK", 1)))
+		ack := testAck(t, req)
 		time.AfterFunc(4*time.Second, func() { l.ackCh <- ack }) // after 0, 0.5, 1.5, 3.5 s
 		if got := b.respond2xx(c, l, tx, req, sip.NewResponseFromRequest(req, 200, "OK", nil), nil); got == nil {
 			t.Fatal("no ACK returned")
@@ -100,6 +80,29 @@ func TestRespond2xxAfterTransaction(t *testing.T) {
 			t.Errorf("the straight retransmissions are not the 2xx")
 		}
 	})
+}
+
+// testInvite is an initial INVITE from 192.0.2.1 over transport.
+func testInvite(t *testing.T, transport string) *sip.Request {
+	t.Helper()
+	req := parseRequest(t, []byte(strings.Join([]string{
+		"INVITE sip:bob@example.com SIP/2.0",
+		"Via: SIP/2.0/" + transport + " 192.0.2.1:5060;branch=z9hG4bK-1",
+		"From: <sip:alice@example.com>;tag=a",
+		"To: <sip:bob@example.com>",
+		"Call-ID: c1",
+		"CSeq: 1 INVITE",
+		"Contact: <sip:alice@192.0.2.1>",
+		"Content-Length: 0",
+		"", ""}, "\r\n")))
+	req.SetTransport(transport)
+	return req
+}
+
+// testAck is the ACK of req's 2xx.
+func testAck(t *testing.T, req *sip.Request) *sip.Request {
+	t.Helper()
+	return parseRequest(t, []byte(strings.Replace(strings.Replace(req.String(), "INVITE sip", "ACK sip", 1), "1 INVITE", "1 ACK", 1)))
 }
 
 // endingTx accepts okFor responses, then answers as a terminated
