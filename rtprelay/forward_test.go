@@ -343,7 +343,7 @@ func TestNoPortsAndQuarantine(t *testing.T) {
 func TestPool(t *testing.T) {
 	min, max := freeRange(t, 20)
 	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "g"})
-	p := newPool(loopback, min, max, 0, g, false)
+	p := newPool(loopback, min, max, 0, 0, g, false)
 	// Occupy one RTCP port: its pair must be skipped.
 	busy := listenPhoneAt(t, min+5)
 	_ = busy

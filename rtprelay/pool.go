@@ -43,19 +43,21 @@ type pair struct {
 // of the queue.
 //
 // A raw pool (the epoll engine) keeps the sockets of a freed pair bound
-// through its quarantine ("warm") and hands such a pair out again, before
-// any cold pair, once its quarantine has passed: binding four sockets was
-// the most expensive part of a call's setup. Nothing reads a warm pair's
-// sockets, so datagrams sent to it queue in the kernel. Run's sweep drains
-// a warm pair once in the middle of its quarantine (one ppoll for all the
-// pairs due, then a drain of those with something queued); get hands it
-// out only when nothing arrived in between (one ppoll of its two sockets;
-// anything queued before that was discarded, so a late packet of the
-// previous call can never reach the next one). A pair that did receive is closed (its old
-// peer is still sending; the kernel now answers it with port-unreachable)
-// and quarantined again, cold. Warm pairs nobody asked for are closed by
-// the sweep one quarantine after theirs ended, so a finished peak does not
-// keep descriptors open.
+// ("warm") and hands such a pair out again, before any cold pair, once it
+// has proved silent for the warm quarantine (rtp.quarantine_silent, at most
+// the quarantine): binding four sockets was the most expensive part of a
+// call's setup. Nothing reads a warm pair's sockets, so datagrams sent to it
+// queue in the kernel. Run's sweep drains a warm pair once in the middle of
+// its warm quarantine (one ppoll for all the pairs due, then a drain of
+// those with something queued: the old call's packets still in flight); get
+// hands it out only when nothing arrived in between (one ppoll of its two
+// sockets; anything queued before that was discarded, so a late packet of
+// the previous call can never reach the next one). A pair that did receive
+// is closed (its old peer is still sending; the kernel now answers it with
+// port-unreachable) and quarantined again, cold, for the whole quarantine:
+// a closed socket cannot tell silence. Warm pairs nobody asked for are
+// closed by the sweep one quarantine after their warm quarantine ended, so
+// a finished peak does not keep descriptors open.
 //
 // Warm sockets only use descriptors calls do not need: the pool keeps at
 // most fdBudget descriptors bound (three quarters of the open-file limit,
@@ -63,13 +65,15 @@ type pair struct {
 // closed; a call that needs a cold pair while the pool is at its budget
 // (or when binding runs out of descriptors) first closes the most
 // recently freed warm pair, the one furthest from reuse. At high call
-// rates the quarantine holds more pairs than the process may keep open (4
-// descriptors per call x calls/s x rtp.quarantine), so the budget decides
-// how many calls skip binding: warm pairs / quarantine per second.
+// rates the warm quarantine holds more pairs than the process may keep
+// open (4 descriptors per call x calls/s x warm quarantine), so the budget
+// decides how many calls skip binding: warm pairs / warm quarantine per
+// second.
 type pool struct {
 	listen     netip.Addr
 	min        int
-	quarantine time.Duration
+	quarantine time.Duration // of a pair that was closed
+	warmQ      time.Duration // of a pair that stayed bound (<= quarantine)
 	inUse      prometheus.Gauge
 	raw        bool
 	fdBudget   int // most descriptors kept bound, held pairs included (fdBudget())
@@ -79,7 +83,7 @@ type pool struct {
 	busy  int // pairs handed out and not yet put back
 	cold  ring
 	warm  ring
-	// warm[0:checked] were drained at mid-quarantine.
+	// warm[0:checked] were drained in the middle of their warm quarantine.
 	checked int
 	closed  bool
 	// sweep's reused lists of the descriptors it drains.
@@ -113,9 +117,15 @@ func (r *ring) popBack() int {
 	return int(r.buf[(r.head+r.count)%len(r.buf)])
 }
 
-func newPool(listen netip.Addr, portMin, portMax int, quarantine time.Duration, inUse prometheus.Gauge, raw bool) *pool {
+// newPool makes the pool of [portMin, portMax]: a freed pair is not handed
+// out within quarantine, or within warmQ when it stayed bound and silent
+// (raw pools; warmQ <= 0 or above quarantine means quarantine).
+func newPool(listen netip.Addr, portMin, portMax int, quarantine, warmQ time.Duration, inUse prometheus.Gauge, raw bool) *pool {
 	n := (portMax - portMin + 1) / 2
-	p := &pool{listen: listen, min: portMin, quarantine: quarantine, inUse: inUse, raw: raw && rawSupported,
+	if warmQ <= 0 || warmQ > quarantine {
+		warmQ = quarantine
+	}
+	p := &pool{listen: listen, min: portMin, quarantine: quarantine, warmQ: warmQ, inUse: inUse, raw: raw && rawSupported,
 		pairs: make([]pair, n), cold: ring{buf: make([]int32, n)}}
 	if p.raw {
 		p.warm = ring{buf: make([]int32, n)}
@@ -140,7 +150,7 @@ func (p *pool) get() (*pair, error) {
 	now := time.Now()
 	for p.warm.count > 0 {
 		pr := &p.pairs[p.warm.at(0)]
-		if now.Sub(pr.freed) < p.quarantine {
+		if now.Sub(pr.freed) < p.warmQ {
 			break
 		}
 		p.warm.pop()
@@ -148,7 +158,8 @@ func (p *pool) get() (*pair, error) {
 			p.checked--
 		}
 		// Anything queued now arrived after the mid-quarantine drain (or,
-		// unchecked, at any time since the call ended).
+		// unchecked, at any time since the call ended): not silent, so
+		// closed and quarantined in full from now.
 		if queued(pr.rtpFD, pr.rtcpFD) {
 			p.unbindLocked(pr)
 			pr.freed = now
@@ -224,7 +235,7 @@ func (p *pool) bind(pr *pair) error {
 }
 
 // coolNewest closes the most recently freed warm pair; its quarantine
-// goes on, cold.
+// goes on, cold: the whole quarantine from when it was freed.
 func (p *pool) coolNewest() {
 	pr := &p.pairs[p.warm.popBack()]
 	p.checked = min(p.checked, p.warm.count)
@@ -264,9 +275,9 @@ func (p *pool) put(pr *pair) {
 	p.cold.push(pr.idx)
 }
 
-// sweep drains warm pairs that reached the middle of their quarantine and
-// closes those that waited one more quarantine after it ended. Run calls it
-// with its timeout checks.
+// sweep drains warm pairs that reached the middle of their warm quarantine
+// and closes those that waited one more quarantine after it ended. Run
+// calls it every sweepEvery.
 func (p *pool) sweep() {
 	if !p.raw {
 		return
@@ -276,7 +287,7 @@ func (p *pool) sweep() {
 	now := time.Now()
 	for p.warm.count > 0 {
 		pr := &p.pairs[p.warm.at(0)]
-		if now.Sub(pr.freed) < 2*p.quarantine {
+		if now.Sub(pr.freed) < p.warmQ+p.quarantine {
 			break
 		}
 		p.warm.pop()
@@ -289,7 +300,7 @@ func (p *pool) sweep() {
 	fds := p.sweepFDs[:0]
 	for p.checked < p.warm.count {
 		pr := &p.pairs[p.warm.at(p.checked)]
-		if now.Sub(pr.freed) < p.quarantine/2 {
+		if now.Sub(pr.freed) < p.warmQ/2 {
 			break
 		}
 		fds = append(fds, pr.rtpFD, pr.rtcpFD)
@@ -297,6 +308,12 @@ func (p *pool) sweep() {
 	}
 	drainQueued(fds, &p.scratch)
 	p.sweepFDs = fds[:0]
+}
+
+// sweepEvery is how often Run sweeps: a quarter of the warm quarantine
+// (10 ms..1 s), so the mid-quarantine drain is at most that late.
+func (p *pool) sweepEvery() time.Duration {
+	return min(max(p.warmQ/4, 10*time.Millisecond), time.Second)
 }
 
 // close unbinds every pair; the engine must have stopped (Run's shutdown).

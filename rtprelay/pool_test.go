@@ -45,7 +45,7 @@ func TestPoolWarm(t *testing.T) {
 	}
 	synctest.Test(t, func(t *testing.T) {
 		g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "g"})
-		p := newPool(loopback, min, max, q, g, true)
+		p := newPool(loopback, min, max, q, q, g, true)
 		defer p.close()
 		a, err := p.get()
 		if err != nil {
@@ -116,6 +116,89 @@ func TestPoolWarm(t *testing.T) {
 		p.sweep()
 		if bound(t, d.port) {
 			t.Errorf("warm pair %d still bound %v after its quarantine", d.port, 2*q)
+		}
+	})
+}
+
+// TestPoolWarmSilent: a warm pair is handed out again after the warm
+// quarantine (rtp.quarantine_silent), long before the quarantine, when
+// nothing arrived in its second half; what the old call sent in the first
+// half is discarded. A pair that receives in the second half is closed and
+// not handed out again before a whole quarantine.
+func TestPoolWarmSilent(t *testing.T) {
+	if !rawSupported {
+		t.Skip("raw sockets need Linux")
+	}
+	min, max := freeRange(t, 8) // four pairs
+	const q, s = time.Minute, time.Second
+	send := func(t *testing.T, port int) {
+		t.Helper()
+		c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(loopback, uint16(port))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.Write([]byte("packet of the old call")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	synctest.Test(t, func(t *testing.T) {
+		p := newPool(loopback, min, max, q, s, prometheus.NewGauge(prometheus.GaugeOpts{Name: "g"}), true)
+		defer p.close()
+		if got := p.sweepEvery(); got != s/4 {
+			t.Errorf("sweep every %v, want a quarter of the warm quarantine, %v", got, s/4)
+		}
+		a, err := p.get()
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := p.get()
+		if err != nil {
+			t.Fatal(err)
+		}
+		fd := a.rtpFD
+		p.put(a)
+		p.put(b)
+		send(t, a.port) // in flight when the call ended
+		time.Sleep(s/2 + time.Millisecond)
+		p.sweep()         // the mid-quarantine drain
+		send(t, b.port+1) // b's old peer is still sending
+		time.Sleep(s / 2)
+
+		c, err := p.get()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c != a || c.rtpFD != fd {
+			t.Fatalf("get after the warm quarantine = port %d fd %d, want the silent warm pair %d fd %d", c.port, c.rtpFD, a.port, fd)
+		}
+		if n := drainFD(c.rtpFD); n != 0 {
+			t.Errorf("a reused socket held %d datagrams of its previous call", n)
+		}
+		// b is refused and closed; the two unused pairs come next, then
+		// nothing until b's whole quarantine has passed.
+		for range 2 {
+			d, err := p.get()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d == b {
+				t.Fatalf("the pair %d that received in its second half was handed out", b.port)
+			}
+		}
+		if bound(t, b.port) || bound(t, b.port+1) {
+			t.Errorf("the refused pair %d is still bound", b.port)
+		}
+		if d, err := p.get(); err == nil {
+			t.Fatalf("get = pair %d within the refused pair's quarantine, want ErrNoPorts", d.port)
+		}
+		time.Sleep(q - time.Millisecond)
+		if d, err := p.get(); err == nil {
+			t.Fatalf("get = pair %d before the refused pair's quarantine ended, want ErrNoPorts", d.port)
+		}
+		time.Sleep(time.Millisecond)
+		if d, err := p.get(); err != nil || d != b {
+			t.Fatalf("get after the refused pair's quarantine = %v, %v; want pair %d", d, err, b.port)
 		}
 	})
 }
@@ -213,7 +296,7 @@ func TestPoolWarmBudget(t *testing.T) {
 	}
 	min, max := freeRange(t, 12)
 	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "g"})
-	p := newPool(loopback, min, max, time.Minute, g, true)
+	p := newPool(loopback, min, max, time.Minute, time.Minute, g, true)
 	defer p.close()
 	p.fdBudget = 6 // three pairs
 	var held [4]*pair
@@ -260,7 +343,7 @@ func BenchmarkPoolSweep(b *testing.B) {
 	}
 	const pairs = 2000
 	min, max := freeRange(b, 2*pairs)
-	p := newPool(loopback, min, max, time.Hour, prometheus.NewGauge(prometheus.GaugeOpts{Name: "g"}), true)
+	p := newPool(loopback, min, max, time.Hour, time.Hour, prometheus.NewGauge(prometheus.GaugeOpts{Name: "g"}), true)
 	defer p.close()
 	held := make([]*pair, pairs)
 	for i := range held {

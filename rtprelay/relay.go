@@ -53,6 +53,13 @@ type Config struct {
 	RelatchAfter time.Duration
 	// Quarantine is how long a freed port pair stays unused; default 5s.
 	Quarantine time.Duration
+	// QuarantineSilent is the shorter quarantine of a freed pair whose
+	// sockets stayed bound (the epoll engine, within its descriptor
+	// budget) and on which nothing arrived in its second half: what the
+	// old peer still sent in the first half is discarded, and a pair that
+	// receives later is closed and quarantined in full. Default 1s; at
+	// most Quarantine (equal: no shorter quarantine).
+	QuarantineSilent time.Duration
 	// FloodLimit packets per FloodWindow are accepted on one socket, the
 	// rest dropped and counted; defaults 100 per 10ms. Above 65,535: no
 	// limit.
@@ -85,7 +92,7 @@ func (c Config) validate() error {
 		return fmt.Errorf("rtprelay: engine %q: want goroutine or epoll", c.Engine)
 	case c.Engine == "epoll" && !epollSupported:
 		return errors.New("rtprelay: the epoll engine needs Linux")
-	case c.HoldTimeout < 0 || c.Workers < 0 || c.LearnWindow < 0 || c.RelatchAfter < 0 || c.Quarantine < 0 || c.FloodLimit < 0 || c.FloodWindow < 0:
+	case c.HoldTimeout < 0 || c.Workers < 0 || c.LearnWindow < 0 || c.RelatchAfter < 0 || c.Quarantine < 0 || c.QuarantineSilent < 0 || c.FloodLimit < 0 || c.FloodWindow < 0:
 		return errors.New("rtprelay: durations and limits must not be negative")
 	}
 	return nil
@@ -166,6 +173,8 @@ func New(cfg Config, log *slog.Logger, m *Metrics) (*Relay, error) {
 	def(&cfg.LearnWindow, 3*time.Second)
 	def(&cfg.RelatchAfter, 5*time.Second)
 	def(&cfg.Quarantine, 5*time.Second)
+	def(&cfg.QuarantineSilent, time.Second)
+	cfg.QuarantineSilent = min(cfg.QuarantineSilent, cfg.Quarantine)
 	def(&cfg.FloodWindow, 10*time.Millisecond)
 	if cfg.FloodLimit == 0 {
 		cfg.FloodLimit = 100
@@ -198,7 +207,7 @@ func New(cfg Config, log *slog.Logger, m *Metrics) (*Relay, error) {
 	// raw sockets the pool keeps bound through their quarantine; the others
 	// get net.UDPConns, closed when a call lets go of them.
 	_, raw := r.eng.(detachingEngine)
-	r.pool = newPool(cfg.Listen, cfg.PortMin, cfg.PortMax, cfg.Quarantine, m.PortsInUse, raw)
+	r.pool = newPool(cfg.Listen, cfg.PortMin, cfg.PortMax, cfg.Quarantine, cfg.QuarantineSilent, m.PortsInUse, raw)
 	return r, nil
 }
 
@@ -216,6 +225,12 @@ func (r *Relay) Run(ctx context.Context) error {
 	tick = min(max(tick, 10*time.Millisecond), time.Second)
 	t := time.NewTicker(tick)
 	defer t.Stop()
+	var sweep <-chan time.Time // warm pairs' drains and closes: raw pools only
+	if r.pool.raw {
+		st := time.NewTicker(r.pool.sweepEvery())
+		defer st.Stop()
+		sweep = st.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -223,6 +238,7 @@ func (r *Relay) Run(ctx context.Context) error {
 			return nil
 		case <-t.C:
 			r.checkTimeouts()
+		case <-sweep:
 			r.pool.sweep()
 		}
 	}

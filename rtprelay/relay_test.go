@@ -104,7 +104,7 @@ func TestPoolBindFailureNotQuarantined(t *testing.T) {
 		t.Skip("no four adjacent free ports")
 	}
 	inUse := prometheus.NewGauge(prometheus.GaugeOpts{Name: "x"})
-	pl := newPool(netip.MustParseAddr("127.0.0.1"), base, base+3, time.Hour, inUse, false)
+	pl := newPool(netip.MustParseAddr("127.0.0.1"), base, base+3, time.Hour, 0, inUse, false)
 	if _, err := pl.get(); !errors.Is(err, ErrNoPorts) {
 		t.Fatalf("get with every port busy = %v, want ErrNoPorts", err)
 	}

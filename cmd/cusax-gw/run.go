@@ -162,7 +162,7 @@ func newDaemon(cfg *config.Config, log *slog.Logger) (_ *daemon, err error) {
 			Listen: listen, Advertise: advertise,
 			PortMin: cfg.RTP.PortMin, PortMax: cfg.RTP.PortMax, Timeout: cfg.RTP.Timeout.D(),
 			HoldTimeout: cfg.RTP.HoldTimeout.D(), Engine: cfg.RTP.Engine, Workers: cfg.RTP.Workers,
-			Quarantine: cfg.RTP.Quarantine.D(),
+			Quarantine: cfg.RTP.Quarantine.D(), QuarantineSilent: cfg.RTP.QuarantineSilent.D(),
 			// Media timeout: the b2bua hangs up both legs. d.sip exists
 			// before any call, so before any timeout.
 			OnTimeout: func(callID string) { go d.sip.OnMediaTimeout(callID) },

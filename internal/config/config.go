@@ -131,17 +131,20 @@ type TLS struct {
 
 // RTP configures the media relay.
 type RTP struct {
-	Listen      string    `yaml:"listen"`
-	Advertise   string    `yaml:"advertise"`
-	PortMin     int       `yaml:"port_min"`
-	PortMax     int       `yaml:"port_max"`
-	Timeout     Duration  `yaml:"timeout"`
-	HoldTimeout Duration  `yaml:"hold_timeout"`
-	Quarantine  Duration  `yaml:"quarantine"` // a freed port pair stays unused this long
-	Engine      string    `yaml:"engine"`     // goroutine|epoll
-	Workers     int       `yaml:"workers"`
-	Backend     string    `yaml:"backend"` // embedded|rtpengine
-	Rtpengine   Rtpengine `yaml:"rtpengine"`
+	Listen      string   `yaml:"listen"`
+	Advertise   string   `yaml:"advertise"`
+	PortMin     int      `yaml:"port_min"`
+	PortMax     int      `yaml:"port_max"`
+	Timeout     Duration `yaml:"timeout"`
+	HoldTimeout Duration `yaml:"hold_timeout"`
+	Quarantine  Duration `yaml:"quarantine"` // a freed port pair stays unused this long
+	// QuarantineSilent: a freed pair kept bound that fell silent is reused
+	// after this (epoll engine; <= quarantine).
+	QuarantineSilent Duration  `yaml:"quarantine_silent"`
+	Engine           string    `yaml:"engine"` // goroutine|epoll
+	Workers          int       `yaml:"workers"`
+	Backend          string    `yaml:"backend"` // embedded|rtpengine
+	Rtpengine        Rtpengine `yaml:"rtpengine"`
 }
 
 // Rtpengine configures the ng control protocol client.
@@ -200,14 +203,15 @@ func Default() *Config {
 			AcceptedLinger:    Duration(time.Second),
 		},
 		RTP: RTP{
-			Listen:     "0.0.0.0",
-			PortMin:    20000,
-			PortMax:    29999,
-			Timeout:    Duration(60 * time.Second),
-			Quarantine: Duration(5 * time.Second),
-			Engine:     "epoll",
-			Backend:    "embedded",
-			Rtpengine:  Rtpengine{NG: "127.0.0.1:22222"},
+			Listen:           "0.0.0.0",
+			PortMin:          20000,
+			PortMax:          29999,
+			Timeout:          Duration(60 * time.Second),
+			Quarantine:       Duration(5 * time.Second),
+			QuarantineSilent: Duration(time.Second),
+			Engine:           "epoll",
+			Backend:          "embedded",
+			Rtpengine:        Rtpengine{NG: "127.0.0.1:22222"},
 		},
 		Shutdown: Shutdown{Drain: Duration(30 * time.Second)},
 		// 200: half the collector's CPU of Go's 100 for ~1.5x the heap

@@ -296,6 +296,12 @@ func (c *Config) Validate() error {
 	if c.RTP.Quarantine.D() <= 0 {
 		bad("rtp.quarantine", "must be positive, got %s", c.RTP.Quarantine)
 	}
+	switch qs := c.RTP.QuarantineSilent.D(); {
+	case qs <= 0:
+		bad("rtp.quarantine_silent", "must be positive, got %s", c.RTP.QuarantineSilent)
+	case qs > c.RTP.Quarantine.D() && c.RTP.Quarantine.D() > 0:
+		bad("rtp.quarantine_silent", "must not exceed rtp.quarantine (%s), got %s", c.RTP.Quarantine, c.RTP.QuarantineSilent)
+	}
 	oneOf("rtp.engine", c.RTP.Engine, "goroutine", "epoll")
 	if c.RTP.Workers < 0 || c.RTP.Workers > 256 {
 		bad("rtp.workers", "must be 0 (one per CPU) to 256, got %d", c.RTP.Workers)
