@@ -215,7 +215,7 @@ func (b *B2BUA) authRespond(tx sip.ServerTransaction, req *sip.Request, code int
 		b.log.Debug("respond failed", "call_id", callID(req), "status", code, "err", err)
 		return
 	}
-	b.m.Responses.WithLabelValues(strconv.Itoa(code/100)+"xx", "out").Inc()
+	b.m.response(code, "out").Inc()
 }
 
 func randomTag() string {

@@ -377,7 +377,7 @@ func (b *B2BUA) Ready() (bool, string) {
 // recovery: a bug in one request must not take the other calls down.
 func (b *B2BUA) handle(h func(*sip.Request, sip.ServerTransaction)) sipgo.RequestHandler {
 	return func(req *sip.Request, tx sip.ServerTransaction) {
-		b.m.Requests.WithLabelValues(string(req.Method), "in").Inc()
+		b.m.request(req.Method, "in").Inc()
 		if b.rate != nil && !b.cfg.trusted(req.Source()) && !b.rate.allow(req.Source(), b.cfg.Now()) {
 			b.m.Rejected.WithLabelValues("rate_limit").Inc()
 			b.respond(tx, req, 503, "Service Unavailable", b.retryAfter())
@@ -412,7 +412,7 @@ func (b *B2BUA) respond(tx sip.ServerTransaction, req *sip.Request, code int, re
 	for _, h := range hdrs {
 		res.AppendHeader(h)
 	}
-	b.m.Responses.WithLabelValues(classOf(code), "out").Inc()
+	b.m.response(code, "out").Inc()
 	if err := tx.Respond(res); err != nil {
 		b.log.Debug("respond failed", "call_id", callID(req), "status", code, "err", err)
 	}

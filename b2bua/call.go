@@ -154,7 +154,7 @@ func (b *B2BUA) newCall(req *sip.Request, tx sip.ServerTransaction) {
 	}
 	// Admission: concurrent calls, then calls per second.
 	if reason := b.admit(); reason != "" {
-		b.m.Calls.WithLabelValues(origin, resultRejected).Inc()
+		b.m.call(origin, resultRejected).Inc()
 		b.m.Rejected.WithLabelValues(reason).Inc()
 		b.respond(tx, req, 503, "Service Unavailable", b.retryAfter())
 		return
@@ -223,7 +223,7 @@ func (b *B2BUA) prepareCall(ctx context.Context, req *sip.Request, tx sip.Server
 	if offer != nil {
 		sdp, err := b.offer(ctx, c, c.a, offer)
 		if err != nil {
-			b.m.Calls.WithLabelValues(origin, resultFailed).Inc()
+			b.m.call(origin, resultFailed).Inc()
 			b.rejectMedia(tx, req, c, err)
 			return nil, nil, false
 		}
@@ -245,7 +245,7 @@ func (b *B2BUA) bLegDest(ctx context.Context, req *sip.Request, tx sip.ServerTra
 	target := *req.Recipient.Clone()
 	if !trusted {
 		if b.pbxDown.Load() {
-			b.m.Calls.WithLabelValues(origin, resultFailed).Inc()
+			b.m.call(origin, resultFailed).Inc()
 			b.respond(tx, req, 503, "Service Unavailable", b.retryAfter(), pbxDownWarning)
 			return nil, sip.Uri{}, false
 		}
@@ -254,7 +254,7 @@ func (b *B2BUA) bLegDest(ctx context.Context, req *sip.Request, tx sip.ServerTra
 	} else {
 		bd, code, reason := b.route(ctx, req.Recipient)
 		if code != 0 {
-			b.m.Calls.WithLabelValues(origin, resultRejected).Inc()
+			b.m.call(origin, resultRejected).Inc()
 			b.respond(tx, req, code, reason)
 			return nil, sip.Uri{}, false
 		}
@@ -341,8 +341,8 @@ func (b *B2BUA) bridgeInvite(ctx context.Context, c *call, req *sip.Request, tx 
 	var cancelOnce sync.Once
 	tx.OnCancel(func(*sip.Request) { cancelOnce.Do(func() { close(cancelled) }) })
 
-	bl.reack = &reAck{client: bl.client, sent: b.m.Requests.WithLabelValues("ACK", "out")}
-	b.m.Requests.WithLabelValues("INVITE", "out").Inc()
+	bl.reack = &reAck{client: bl.client, sent: b.m.request(sip.ACK, "out")}
+	b.m.request(sip.INVITE, "out").Inc()
 	btx, err := bl.client.TransactionRequest(ctx, breq)
 	if err != nil {
 		c.log.Warn("invite to b-leg failed", "peer", bl.dest, "err", err)
@@ -369,7 +369,7 @@ func (b *B2BUA) bridgeInvite(ctx context.Context, c *call, req *sip.Request, tx 
 	for {
 		select {
 		case res := <-btx.Responses():
-			b.m.Responses.WithLabelValues(classOf(res.StatusCode), "in").Inc()
+			b.m.response(res.StatusCode, "in").Inc()
 			switch {
 			case res.StatusCode == 100:
 			case res.IsProvisional():
@@ -536,7 +536,7 @@ func (b *B2BUA) respond2xx(c *call, l *leg, tx sip.ServerTransaction, req *sip.R
 	if err := tx.Respond(res); err != nil {
 		c.log.Debug("respond 2xx failed", "err", err)
 	}
-	b.m.Responses.WithLabelValues(classOf(res.StatusCode), "out").Inc()
+	b.m.response(res.StatusCode, "out").Inc()
 	// One timer for the retransmissions (unreliable transports: T1,
 	// doubling up to T2) and the give-up at 64*T1.
 	giveUp := time.Now().Add(64 * sip.T1)
@@ -583,7 +583,7 @@ func (b *B2BUA) respondA(c *call, code int, reason string, bres *sip.Response, b
 		c.log.Debug("respond failed", "status", code, "err", err)
 		return
 	}
-	b.m.Responses.WithLabelValues(classOf(code), "out").Inc()
+	b.m.response(code, "out").Inc()
 }
 
 // responseFor builds our response on leg l to req from a peer response.
@@ -698,7 +698,7 @@ func (b *B2BUA) endCall(c *call, by *leg, result string, code int, reason string
 		} else if n == 1 {
 			b.bye(bye[0], reason)
 		}
-		b.m.Calls.WithLabelValues(c.origin, result).Inc()
+		b.m.call(c.origin, result).Inc()
 		c.log.callEnd(result, code, time.Since(c.start))
 		b.removeCall(c) // last: wakes Drain
 	})
@@ -773,7 +773,7 @@ func (b *B2BUA) identify(c *call, req, breq *sip.Request, trusted bool, authAOR 
 		}
 	}
 	if !trusted && removed+xmppContacts > 0 {
-		b.m.CallInfo.WithLabelValues("stripped").Add(float64(removed + xmppContacts))
+		b.m.callInfo("stripped").Add(float64(removed + xmppContacts))
 		c.logStrip(removed + xmppContacts)
 	}
 	var jid, name string
@@ -795,14 +795,14 @@ func (b *B2BUA) identify(c *call, req, breq *sip.Request, trusted bool, authAOR 
 		return
 	case ok:
 		stampImpp(breq, jid)
-		b.m.CallInfo.WithLabelValues("stamped").Inc()
+		b.m.callInfo("stamped").Inc()
 		if bfrom.DisplayName == "" && name != "" {
 			bfrom.DisplayName = name
 		}
 	case trusted && len(claims) > 0:
 		jid = claims[0]
 		stampImpp(breq, jid)
-		b.m.CallInfo.WithLabelValues("kept").Inc()
+		b.m.callInfo("kept").Inc()
 	default:
 		return
 	}

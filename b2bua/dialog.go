@@ -132,7 +132,7 @@ func (l *leg) request(method sip.RequestMethod) *sip.Request {
 
 // send sends an in-dialog request (not ACK) and returns its transaction.
 func (b *B2BUA) send(ctx context.Context, l *leg, req *sip.Request) (sip.ClientTransaction, error) {
-	b.m.Requests.WithLabelValues(string(req.Method), "out").Inc()
+	b.m.request(req.Method, "out").Inc()
 	return l.client.TransactionRequest(ctx, req)
 }
 
@@ -141,7 +141,7 @@ func (b *B2BUA) finalResponse(ctx context.Context, tx sip.ClientTransaction) (*s
 	for {
 		select {
 		case res := <-tx.Responses():
-			b.m.Responses.WithLabelValues(classOf(res.StatusCode), "in").Inc()
+			b.m.response(res.StatusCode, "in").Inc()
 			if res.IsProvisional() {
 				continue
 			}
@@ -186,7 +186,7 @@ func (b *B2BUA) ack(l *leg, seq uint32, body []byte) *sip.Request {
 		req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
 		req.SetBody(body)
 	}
-	b.m.Requests.WithLabelValues("ACK", "out").Inc()
+	b.m.request(sip.ACK, "out").Inc()
 	if err := l.client.WriteRequest(req); err != nil {
 		b.log.Debug("ack failed", "call_id", l.call.id, "leg", l.name, "err", err)
 	}
@@ -213,7 +213,7 @@ func (b *B2BUA) cancelInvite(l *leg, req *sip.Request) {
 	c.SetBody(nil)
 	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.ByeTimeout)
 	defer cancel()
-	b.m.Requests.WithLabelValues("CANCEL", "out").Inc()
+	b.m.request(sip.CANCEL, "out").Inc()
 	tx, err := l.client.TransactionRequest(ctx, c, func(*sipgo.Client, *sip.Request) error { return nil })
 	if err != nil {
 		b.log.Debug("cancel failed", "call_id", l.call.id, "err", err)
@@ -391,7 +391,7 @@ func (b *B2BUA) onStrayResponse(res *sip.Response) {
 		b.log.Debug("stray 2xx for an unknown dialog", "call_id", callid.Value())
 		return
 	}
-	b.m.Responses.WithLabelValues(classOf(res.StatusCode), "in").Inc()
+	b.m.response(res.StatusCode, "in").Inc()
 	if l.reack != nil {
 		switch req := l.reack.req.Load(); {
 		case req == nil:

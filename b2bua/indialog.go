@@ -69,7 +69,7 @@ func (b *B2BUA) onInDialog(req *sip.Request, tx sip.ServerTransaction) {
 
 // onAck routes the ACK of a 2xx to the leg waiting for it.
 func (b *B2BUA) onAck(req *sip.Request, tx sip.ServerTransaction) {
-	b.m.Requests.WithLabelValues("ACK", "in").Inc()
+	b.m.request(sip.ACK, "in").Inc()
 	if l := b.dialogFor(req); l != nil && l.ackCh != nil {
 		select {
 		case l.ackCh <- req:
@@ -228,5 +228,5 @@ func (b *B2BUA) reply(l *leg, req *sip.Request, tx sip.ServerTransaction, res *s
 		l.call.log.Debug("respond failed", "status", res.StatusCode, "err", err)
 		return
 	}
-	b.m.Responses.WithLabelValues(classOf(res.StatusCode), "out").Inc()
+	b.m.response(res.StatusCode, "out").Inc()
 }

@@ -304,12 +304,12 @@ func (b *B2BUA) onRegister(req *sip.Request, tx sip.ServerTransaction) {
 		log.Debug("respond failed", "status", res.StatusCode, "err", err)
 		return
 	}
-	b.m.Responses.WithLabelValues(strconv.Itoa(res.StatusCode/100)+"xx", "out").Inc()
+	b.m.response(res.StatusCode, "out").Inc()
 }
 
 // doPBX sends req to the PBX and waits for its final response.
 func (b *B2BUA) doPBX(ctx context.Context, req *sip.Request) (*sip.Response, error) {
-	b.m.Requests.WithLabelValues(string(req.Method), "out").Inc()
+	b.m.request(req.Method, "out").Inc()
 	tx, err := b.pbxClient.TransactionRequest(ctx, req)
 	if err != nil {
 		return nil, err
@@ -318,7 +318,7 @@ func (b *B2BUA) doPBX(ctx context.Context, req *sip.Request) (*sip.Response, err
 	for {
 		select {
 		case res := <-tx.Responses():
-			b.m.Responses.WithLabelValues(strconv.Itoa(res.StatusCode/100)+"xx", "in").Inc()
+			b.m.response(res.StatusCode, "in").Inc()
 			if res.IsProvisional() {
 				continue
 			}
