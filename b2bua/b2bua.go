@@ -104,8 +104,9 @@ type B2BUA struct {
 	serving  atomic.Bool
 	pbxDown  atomic.Bool
 
-	clients    map[string]*sipgo.Client // by listening network; set by Listen
-	clientAddr map[string]string        // advertised host:port per network
+	clients    map[string]*sipgo.Client      // by listening network; set by Listen
+	clientAddr map[string]string             // advertised host:port per network
+	contacts   map[string]*sip.ContactHeader // our Contact per network (read-only)
 
 	callKey [32]byte  // derives B-leg Call-IDs
 	callMAC sync.Pool // hash.Hash: HMAC-SHA256 with callKey, reused

@@ -40,6 +40,9 @@ type call struct {
 
 	anchored atomic.Bool // media.Offer succeeded at least once
 
+	cancelOnce sync.Once
+	cancelled  chan struct{} // closed when the caller CANCELs the initial INVITE
+
 	mu        sync.Mutex
 	answered  bool
 	reinvite  bool // an offer/answer exchange (re-INVITE, UPDATE) is in progress
@@ -207,11 +210,13 @@ func (b *B2BUA) newCall(req *sip.Request, tx sip.ServerTransaction) {
 // copying, its stack on every call (prepareCall's frame alone was 3 KB).
 func (b *B2BUA) prepareCall(ctx context.Context, req *sip.Request, tx sip.ServerTransaction, trusted bool, origin, authAOR string,
 	contact *sip.ContactHeader, mf sip.MaxForwardsHeader) (*call, *sip.Request, bool) {
-	bl, target, ok := b.bLegDest(ctx, req, tx, trusted, origin)
+	cl := new(callLegs)
+	bl := &cl.b
+	target, ok := b.bLegDest(ctx, req, tx, trusted, origin, bl)
 	if !ok {
 		return nil, nil, false
 	}
-	c := b.newCallLegs(req, tx, origin, contact, bl)
+	c := b.newCallLegs(req, tx, origin, contact, cl)
 	if c == nil {
 		return nil, nil, false
 	}
@@ -238,16 +243,16 @@ func (b *B2BUA) prepareCall(ctx context.Context, req *sip.Request, tx sip.Server
 }
 
 // bLegDest decides where the B-leg goes: the PBX for a phone's call, the
-// registered phone for the PBX's. It answers req itself and returns false
-// when the call cannot go anywhere.
-func (b *B2BUA) bLegDest(ctx context.Context, req *sip.Request, tx sip.ServerTransaction, trusted bool, origin string) (*leg, sip.Uri, bool) {
-	bl := &leg{name: "b", localTag: newTag()}
-	target := *req.Recipient.Clone()
+// registered phone for the PBX's, and fills in bl. It answers req itself
+// and returns false when the call cannot go anywhere.
+func (b *B2BUA) bLegDest(ctx context.Context, req *sip.Request, tx sip.ServerTransaction, trusted bool, origin string, bl *leg) (sip.Uri, bool) {
+	bl.name, bl.localTag = "b", newTag()
+	target := req.Recipient // bLegInvite's NewRequest copies its parameters
 	if !trusted {
 		if b.pbxDown.Load() {
 			b.m.call(origin, resultFailed).Inc()
 			b.respond(tx, req, 503, "Service Unavailable", b.retryAfter(), pbxDownWarning)
-			return nil, sip.Uri{}, false
+			return sip.Uri{}, false
 		}
 		bl.client, bl.contact, _ = b.clientFor(b.pbx.transport)
 		bl.dest, bl.transport = b.pbx.hostport, b.pbx.transport
@@ -256,29 +261,39 @@ func (b *B2BUA) bLegDest(ctx context.Context, req *sip.Request, tx sip.ServerTra
 		if code != 0 {
 			b.m.call(origin, resultRejected).Inc()
 			b.respond(tx, req, code, reason)
-			return nil, sip.Uri{}, false
+			return sip.Uri{}, false
 		}
+		// Parsed over a copy of the Request-URI, as ever: what the
+		// contact leaves out stays the Request-URI's.
+		target = *req.Recipient.Clone()
 		if sip.ParseUri(bd.Contact, &target) != nil {
 			b.respond(tx, req, 480, "Temporarily Unavailable")
-			return nil, sip.Uri{}, false
+			return sip.Uri{}, false
 		}
 		var ok bool
 		bl.client, bl.contact, ok = b.clientFor(bd.Transport)
 		if !ok {
 			b.respond(tx, req, 503, "Service Unavailable", b.retryAfter())
-			return nil, sip.Uri{}, false
+			return sip.Uri{}, false
 		}
 		bl.dest, bl.transport = bd.Source, strings.ToUpper(bd.Transport)
 	}
-	return bl, target, true
+	return target, true
 }
 
-// newCallLegs builds the call and its A-leg around bl, or answers req 500
-// and returns nil.
-func (b *B2BUA) newCallLegs(req *sip.Request, tx sip.ServerTransaction, origin string, contact *sip.ContactHeader, bl *leg) *call {
+// callLegs is a call and its two legs, allocated at once.
+type callLegs struct {
+	c    call
+	a, b leg
+}
+
+// newCallLegs builds the call and its A-leg in cl around its B-leg, or
+// answers req 500 and returns nil.
+func (b *B2BUA) newCallLegs(req *sip.Request, tx sip.ServerTransaction, origin string, contact *sip.ContactHeader, cl *callLegs) *call {
 	from, to, callid, cseq := req.From(), req.To(), req.CallID(), req.CSeq()
-	c := &call{id: callid.Value(), origin: origin, start: time.Now(), done: make(chan struct{})}
-	al := &leg{name: "a", uas: true, call: c, localTag: newTag(), callID: callid.Value(),
+	c, al, bl := &cl.c, &cl.a, &cl.b
+	*c = call{id: callid.Value(), origin: origin, start: time.Now(), done: make(chan struct{})}
+	*al = leg{name: "a", uas: true, call: c, localTag: newTag(), callID: callid.Value(),
 		remoteTag: tagOf(from.Params), local: *to.Address.Clone(), localName: to.DisplayName,
 		remote: *from.Address.Clone(), target: *contact.Address.Clone(),
 		routes: routeSet(headersNamed(req, "Record-Route")), dest: req.Source(), transport: req.Transport(),
@@ -313,7 +328,7 @@ func (b *B2BUA) bLegInvite(req *sip.Request, bl *leg, target sip.Uri, trusted bo
 	breq.AppendHeader(&bcid)
 	breq.AppendHeader(&sip.CSeqHeader{SeqNo: cseq.SeqNo, MethodName: sip.INVITE})
 	breq.AppendHeader(&mf)
-	bc := bl.contact
+	bc := *bl.contact
 	breq.AppendHeader(&bc)
 	copyHeaders(req, breq, inviteHeaders...)
 	if trusted {
@@ -338,8 +353,8 @@ func (b *B2BUA) bLegInvite(req *sip.Request, bl *leg, target sip.Uri, trusted bo
 func (b *B2BUA) bridgeInvite(ctx context.Context, c *call, req *sip.Request, tx sip.ServerTransaction, breq *sip.Request) {
 	bl := c.b
 	cancelled := make(chan struct{})
-	var cancelOnce sync.Once
-	tx.OnCancel(func(*sip.Request) { cancelOnce.Do(func() { close(cancelled) }) })
+	c.cancelled = cancelled
+	tx.OnCancel(c.onCancel)
 
 	bl.reack = &reAck{client: bl.client, sent: b.m.request(sip.ACK, "out")}
 	b.m.request(sip.INVITE, "out").Inc()
@@ -378,7 +393,7 @@ func (b *B2BUA) bridgeInvite(ctx context.Context, c *call, req *sip.Request, tx 
 				}
 				b.relayProvisional(ctx, c, res)
 			case res.IsSuccess():
-				b.bAnswered(ctx, c, breq, res, cancelSent)
+				b.bAnswered(ctx, c, breq, res, cancelSent, ring)
 				return
 			default:
 				if cancelSent {
@@ -421,6 +436,9 @@ func (b *B2BUA) bridgeInvite(ctx context.Context, c *call, req *sip.Request, tx 
 	}
 }
 
+// onCancel is the A-leg INVITE transaction's CANCEL callback.
+func (c *call) onCancel(*sip.Request) { c.cancelOnce.Do(func() { close(c.cancelled) }) }
+
 // relayProvisional relays a 18x of the B-leg to the A-leg, with early
 // media anchored.
 func (b *B2BUA) relayProvisional(ctx context.Context, c *call, res *sip.Response) {
@@ -442,7 +460,8 @@ func (b *B2BUA) relayProvisional(ctx context.Context, c *call, res *sip.Response
 
 // bAnswered handles the B-leg's 2xx: dialog state, ACK, media answer, 200
 // to the A-leg and the wait for the A-leg's ACK.
-func (b *B2BUA) bAnswered(ctx context.Context, c *call, breq *sip.Request, res *sip.Response, cancelSent bool) {
+// ring is bridgeInvite's ring timer, reused for the 2xx retransmissions.
+func (b *B2BUA) bAnswered(ctx context.Context, c *call, breq *sip.Request, res *sip.Response, cancelSent bool, ring *time.Timer) {
 	al, bl := c.a, c.b
 	bl.mu.Lock()
 	bl.remoteTag = tagOf(res.To().Params)
@@ -497,7 +516,7 @@ func (b *B2BUA) bAnswered(ctx context.Context, c *call, breq *sip.Request, res *
 	al.confirmed = true
 	al.mu.Unlock()
 	c.log.Debug("call answered", "code", res.StatusCode)
-	ack := b.respond2xx(c, al, al.inviteTx, al.invite, res, body)
+	ack := b.respond2xxTimer(c, al, al.inviteTx, al.invite, res, body, ring)
 	if ack == nil {
 		select {
 		case <-c.done: // ended meanwhile (BYE, timeout)
@@ -527,6 +546,12 @@ func (b *B2BUA) bAnswered(ctx context.Context, c *call, breq *sip.Request, res *
 // the transport once the transaction is gone; it returns the ACK, or nil
 // after 64*T1 without one.
 func (b *B2BUA) respond2xx(c *call, l *leg, tx sip.ServerTransaction, req *sip.Request, bres *sip.Response, body []byte) *sip.Request {
+	return b.respond2xxTimer(c, l, tx, req, bres, body, nil)
+}
+
+// respond2xxTimer is respond2xx with a timer of the caller's to use (nil:
+// its own); it stops t.
+func (b *B2BUA) respond2xxTimer(c *call, l *leg, tx sip.ServerTransaction, req *sip.Request, bres *sip.Response, body []byte, t *time.Timer) *sip.Request {
 	res := b.responseFor(l, req, bres.StatusCode, bres.Reason, bres, body)
 	// Drain stale ACKs of an earlier exchange.
 	for len(l.ackCh) > 0 {
@@ -542,9 +567,14 @@ func (b *B2BUA) respond2xx(c *call, l *leg, tx sip.ServerTransaction, req *sip.R
 	giveUp := time.Now().Add(64 * sip.T1)
 	reliable := sip.IsReliable(req.Transport())
 	interval := sip.T1
-	t := time.NewTimer(interval)
+	first := interval
 	if reliable {
-		t.Reset(64 * sip.T1)
+		first = 64 * sip.T1
+	}
+	if t == nil {
+		t = time.NewTimer(first)
+	} else {
+		t.Reset(first) // no stale value stays in t.C (Go 1.23 timers)
 	}
 	defer t.Stop()
 	for {
@@ -593,8 +623,8 @@ func (b *B2BUA) responseFor(l *leg, req *sip.Request, code int, reason string, b
 		to.Params.Remove("tag")
 		to.Params.Add("tag", l.localTag)
 	}
-	if code > 100 && code < 300 {
-		ct := l.contact
+	if code > 100 && code < 300 && l.contact != nil {
+		ct := *l.contact
 		res.AppendHeader(&ct)
 	}
 	if bres != nil {

@@ -40,7 +40,7 @@ type leg struct {
 	remote    sip.Uri // their URI (our To in requests we send)
 	target    sip.Uri // their Contact: the Request-URI of our requests
 	routes    []sip.Uri
-	contact   sip.ContactHeader // ours
+	contact   *sip.ContactHeader // ours, shared by the calls on its transport: read-only
 
 	mu        sync.Mutex
 	cseq      uint32 // last CSeq we sent
@@ -98,15 +98,18 @@ func (l *leg) other() *leg {
 
 // request builds an in-dialog request (RFC 3261 section 12.2.1.1).
 func (l *leg) request(method sip.RequestMethod) *sip.Request {
-	req := sip.NewRequest(method, *l.target.Clone())
+	// NewRequest copies the target's parameters and headers itself. The
+	// From and To URIs share theirs with the leg, which never changes
+	// them after the dialog is set up (nor does anything change a
+	// request's From or To URI once built).
+	req := sip.NewRequest(method, l.target)
 	for _, r := range l.routes {
 		req.AppendHeader(&sip.RouteHeader{Address: *r.Clone()})
 	}
-	from := &sip.FromHeader{DisplayName: l.localName, Address: *l.local.Clone(), Params: sip.NewParams()}
-	from.Params.Add("tag", l.localTag)
-	to := &sip.ToHeader{Address: *l.remote.Clone(), Params: sip.NewParams()}
+	from := &sip.FromHeader{DisplayName: l.localName, Address: l.local, Params: sip.HeaderParams{{K: "tag", V: l.localTag}}}
+	to := &sip.ToHeader{Address: l.remote, Params: sip.NewParams()}
 	if l.remoteTag != "" {
-		to.Params.Add("tag", l.remoteTag)
+		to.Params = sip.HeaderParams{{K: "tag", V: l.remoteTag}}
 	}
 	callid := sip.CallIDHeader(l.callID)
 	l.mu.Lock()
@@ -121,8 +124,8 @@ func (l *leg) request(method sip.RequestMethod) *sip.Request {
 	req.AppendHeader(&callid)
 	req.AppendHeader(&sip.CSeqHeader{SeqNo: seq, MethodName: method})
 	req.AppendHeader(&mf)
-	if method != sip.BYE && method != sip.CANCEL && method != sip.ACK {
-		c := l.contact
+	if method != sip.BYE && method != sip.CANCEL && method != sip.ACK && l.contact != nil {
+		c := *l.contact
 		req.AppendHeader(&c)
 	}
 	req.SetTransport(l.transport)
@@ -346,16 +349,28 @@ func (b *B2BUA) setupClientsLocked() error {
 			return err
 		}
 	}
+	b.contacts = map[string]*sip.ContactHeader{}
+	for network := range b.clients {
+		b.contacts[network] = b.contactFor(network)
+	}
 	return nil
 }
 
-// clientFor returns the client and our contact for a transport.
-func (b *B2BUA) clientFor(transport string) (*sipgo.Client, sip.ContactHeader, bool) {
-	network := strings.ToLower(transport)
+// clientFor returns the client and our contact for a transport. The
+// contact is shared by every call on that transport: read-only (append a
+// copy of it to a message).
+func (b *B2BUA) clientFor(transport string) (*sipgo.Client, *sip.ContactHeader, bool) {
+	network := sip.NetworkToLower(transport)
 	c, ok := b.clients[network]
 	if !ok {
-		return nil, sip.ContactHeader{}, false
+		return nil, nil, false
 	}
+	return c, b.contacts[network], true
+}
+
+// contactFor builds our contact for a listening network from its
+// advertised address.
+func (b *B2BUA) contactFor(network string) *sip.ContactHeader {
 	host, portStr, _ := net.SplitHostPort(b.clientAddr[network])
 	port, _ := strconv.Atoi(portStr)
 	u := sip.Uri{Scheme: "sip", Host: host, Port: port, UriParams: sip.NewParams()}
@@ -368,7 +383,7 @@ func (b *B2BUA) clientFor(transport string) (*sipgo.Client, sip.ContactHeader, b
 			u.UriParams = sip.NewParams()
 		}
 	}
-	return c, sip.ContactHeader{Address: u, Params: sip.NewParams()}, true
+	return &sip.ContactHeader{Address: u, Params: sip.NewParams()}
 }
 
 // onStrayResponse handles responses no client transaction matches: a 2xx
