@@ -75,8 +75,10 @@ type pool struct {
 	quarantine time.Duration // of a pair that was closed
 	warmQ      time.Duration // of a pair that stayed bound (<= quarantine)
 	inUse      prometheus.Gauge
-	raw        bool
-	fdBudget   int // most descriptors kept bound, held pairs included (fdBudget())
+	// Pairs handed out warm, bound anew, refused (cusax_rtp_port_pairs_total).
+	reused, bound, refused prometheus.Counter
+	raw                    bool
+	fdBudget               int // most descriptors kept bound, held pairs included (fdBudget())
 
 	mu    sync.Mutex
 	pairs []pair
@@ -131,6 +133,9 @@ func newPool(listen netip.Addr, portMin, portMax int, quarantine, warmQ time.Dur
 		p.warm = ring{buf: make([]int32, n)}
 		p.fdBudget = fdBudget()
 	}
+	for _, c := range []*prometheus.Counter{&p.reused, &p.bound, &p.refused} {
+		*c = prometheus.NewCounter(prometheus.CounterOpts{Name: "unregistered"}) // the relay sets its own
+	}
 	start := rand.IntN(n)
 	for i := range n {
 		idx := (start + i) % n
@@ -164,8 +169,10 @@ func (p *pool) get() (*pair, error) {
 			p.unbindLocked(pr)
 			pr.freed = now
 			p.cold.push(pr.idx)
+			p.refused.Inc()
 			continue
 		}
+		p.reused.Inc()
 		p.busy++
 		p.inUse.Add(2)
 		return pr, nil
@@ -195,6 +202,7 @@ func (p *pool) get() (*pair, error) {
 			}
 			continue
 		}
+		p.bound.Inc()
 		p.busy++
 		p.inUse.Add(2)
 		return pr, nil

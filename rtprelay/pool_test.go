@@ -200,6 +200,15 @@ func TestPoolWarmSilent(t *testing.T) {
 		if d, err := p.get(); err != nil || d != b {
 			t.Fatalf("get after the refused pair's quarantine = %v, %v; want pair %d", d, err, b.port)
 		}
+		for _, c := range []struct {
+			name string
+			c    prometheus.Counter
+			want float64
+		}{{"reused", p.reused, 1}, {"bound", p.bound, 5}, {"refused", p.refused, 1}} {
+			if got := testutil.ToFloat64(c.c); got != c.want {
+				t.Errorf("pairs %s = %v, want %v", c.name, got, c.want)
+			}
+		}
 	})
 }
 

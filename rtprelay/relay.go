@@ -106,6 +106,7 @@ type Metrics struct {
 	PacketsLost   prometheus.Counter
 	PortsInUse    prometheus.Gauge
 	PortsCapacity prometheus.Gauge
+	PortPairs     *prometheus.CounterVec // outcome: reused|bound|refused
 }
 
 // NewMetrics creates the relay metrics and registers them with reg.
@@ -129,12 +130,19 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		PortsCapacity: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "cusax_rtp_ports_capacity", Help: "Ports in the configured RTP range (rtp.port_min..rtp.port_max).",
 		}),
+		PortPairs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "cusax_rtp_port_pairs_total",
+			Help: "RTP/RTCP port pairs taken for calls, by outcome: reused (still bound, silent), bound (new sockets), refused (still bound but receiving: closed, quarantined again).",
+		}, []string{"outcome"}),
 	}
 	for _, d := range []string{"in", "out"} {
 		m.Packets.WithLabelValues(d)
 		m.Bytes.WithLabelValues(d)
 	}
-	reg.MustRegister(m.Sessions, m.Packets, m.Bytes, m.PacketsLost, m.PortsInUse, m.PortsCapacity)
+	for _, o := range []string{"reused", "bound", "refused"} {
+		m.PortPairs.WithLabelValues(o)
+	}
+	reg.MustRegister(m.Sessions, m.Packets, m.Bytes, m.PacketsLost, m.PortsInUse, m.PortsCapacity, m.PortPairs)
 	return m
 }
 
@@ -208,6 +216,7 @@ func New(cfg Config, log *slog.Logger, m *Metrics) (*Relay, error) {
 	// get net.UDPConns, closed when a call lets go of them.
 	_, raw := r.eng.(detachingEngine)
 	r.pool = newPool(cfg.Listen, cfg.PortMin, cfg.PortMax, cfg.Quarantine, cfg.QuarantineSilent, m.PortsInUse, raw)
+	r.pool.reused, r.pool.bound, r.pool.refused = m.PortPairs.WithLabelValues("reused"), m.PortPairs.WithLabelValues("bound"), m.PortPairs.WithLabelValues("refused")
 	return r, nil
 }
 
