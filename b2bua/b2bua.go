@@ -109,7 +109,8 @@ type B2BUA struct {
 	contacts   map[string]*sip.ContactHeader // our Contact per network (read-only)
 
 	callKey [32]byte  // derives B-leg Call-IDs
-	callMAC sync.Pool // hash.Hash: HMAC-SHA256 with callKey, reused
+	callMAC sync.Pool // *callMAC: HMAC-SHA256 with callKey, reused
+	impp    imppCache // Call-Info values of the JIDs stamped
 	cps     *limiter
 	rate    *sourceLimiter
 	callsMu sync.Mutex
@@ -166,7 +167,7 @@ func New(cfg Config, log *slog.Logger, m *Metrics) (*B2BUA, error) {
 		calls: map[string]*call{}, dialogs: map[dialogID]*leg{}, outCallIDs: map[string]int{},
 		initial: map[initialKey]string{}, ended: recentInvites{keep: sip.Timer_J}}
 	rand.Read(b.callKey[:])
-	b.callMAC.New = func() any { return hmac.New(sha256.New, b.callKey[:]) }
+	b.callMAC.New = func() any { return &callMAC{h: hmac.New(sha256.New, b.callKey[:])} }
 	if cfg.PBX != "" {
 		if b.pbx, err = parsePBX(cfg.PBX); err != nil {
 			ua.Close()

@@ -264,12 +264,15 @@ func (b *B2BUA) bLegDest(ctx context.Context, req *sip.Request, tx sip.ServerTra
 			return sip.Uri{}, false
 		}
 		// Parsed over a copy of the Request-URI, as ever: what the
-		// contact leaves out stays the Request-URI's.
-		target = *req.Recipient.Clone()
-		if sip.ParseUri(bd.Contact, &target) != nil {
+		// contact leaves out stays the Request-URI's. (A variable of
+		// its own: its address escapes, and target's would put target
+		// on the heap on every call.)
+		parsed := *req.Recipient.Clone()
+		if sip.ParseUri(bd.Contact, &parsed) != nil {
 			b.respond(tx, req, 480, "Temporarily Unavailable")
 			return sip.Uri{}, false
 		}
+		target = parsed
 		var ok bool
 		bl.client, bl.contact, ok = b.clientFor(bd.Transport)
 		if !ok {
@@ -328,8 +331,7 @@ func (b *B2BUA) bLegInvite(req *sip.Request, bl *leg, target sip.Uri, trusted bo
 	breq.AppendHeader(&bcid)
 	breq.AppendHeader(&sip.CSeqHeader{SeqNo: cseq.SeqNo, MethodName: sip.INVITE})
 	breq.AppendHeader(&mf)
-	bc := *bl.contact
-	breq.AppendHeader(&bc)
+	breq.AppendHeader(bl.contact) // shared, read-only
 	copyHeaders(req, breq, inviteHeaders...)
 	if trusted {
 		copyHeaders(req, breq, trustedInviteHeaders...)
@@ -624,8 +626,7 @@ func (b *B2BUA) responseFor(l *leg, req *sip.Request, code int, reason string, b
 		to.Params.Add("tag", l.localTag)
 	}
 	if code > 100 && code < 300 && l.contact != nil {
-		ct := *l.contact
-		res.AppendHeader(&ct)
+		res.AppendHeader(l.contact) // shared, read-only
 	}
 	if bres != nil {
 		copyHeaders(bres, res, responseHeaders...)
@@ -779,16 +780,25 @@ func (b *B2BUA) route(ctx context.Context, ruri sip.Uri) (Binding, int, string) 
 // bLegCallID derives the B-leg Call-ID from the A-leg's, so that an
 // INVITE resent after a challenge keeps its Call-ID toward the PBX.
 func (b *B2BUA) bLegCallID(a string) string {
-	m := b.callMAC.Get().(hash.Hash)
-	m.Reset()
-	m.Write([]byte(a))
-	var sum [sha256.Size]byte
-	m.Sum(sum[:0])
-	b.callMAC.Put(m)
+	m := b.callMAC.Get().(*callMAC)
+	m.h.Reset()
+	m.in = append(m.in[:0], a...)
+	m.h.Write(m.in)
+	sum := m.h.Sum(m.sum[:0])
 	var out [2 + 32]byte
 	copy(out[:], "cx")
 	hex.Encode(out[2:], sum[:16])
+	b.callMAC.Put(m)
 	return string(out[:])
+}
+
+// callMAC is bLegCallID's reusable state: the HMAC and the buffers it
+// reads and writes (passed through hash.Hash's methods, a []byte(string)
+// and a sum on the stack both escaped: two allocations per call).
+type callMAC struct {
+	h   hash.Hash
+	in  []byte
+	sum [sha256.Size]byte
 }
 
 // identify applies CONTRACT.md's identity rules to the B-leg INVITE: strip
@@ -797,7 +807,10 @@ func (b *B2BUA) bLegCallID(a string) string {
 func (b *B2BUA) identify(c *call, req, breq *sip.Request, trusted bool, authAOR string, bfrom *sip.FromHeader) {
 	claims, removed := stripImpp(breq)
 	xmppContacts := 0
-	for _, h := range headersNamed(req, "Contact") {
+	for _, h := range req.Headers() {
+		if !strings.EqualFold(h.Name(), "Contact") {
+			continue
+		}
 		if ch, ok := h.(*sip.ContactHeader); ok && strings.EqualFold(ch.Address.Scheme, "xmpp") {
 			xmppContacts++
 		}
@@ -819,19 +832,19 @@ func (b *B2BUA) identify(c *call, req, breq *sip.Request, trusted bool, authAOR 
 	case b.cfg.CallInfo == "off":
 		if trusted {
 			for _, j := range claims {
-				stampImpp(breq, j)
+				b.stampImpp(breq, j)
 			}
 		}
 		return
 	case ok:
-		stampImpp(breq, jid)
+		b.stampImpp(breq, jid)
 		b.m.callInfo("stamped").Inc()
 		if bfrom.DisplayName == "" && name != "" {
 			bfrom.DisplayName = name
 		}
 	case trusted && len(claims) > 0:
 		jid = claims[0]
-		stampImpp(breq, jid)
+		b.stampImpp(breq, jid)
 		b.m.callInfo("kept").Inc()
 	default:
 		return

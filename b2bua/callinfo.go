@@ -2,6 +2,7 @@ package b2bua
 
 import (
 	"strings"
+	"sync"
 
 	"github.com/cusax-gw/cusax-gw/identity"
 	"github.com/emiago/sipgo/sip"
@@ -43,6 +44,9 @@ import (
 // It is not safe to call concurrently with other users of req.
 func stripImpp(req *sip.Request) (claims []string, removed int) {
 	hs := req.Headers()
+	if !mayHoldImpp(hs) {
+		return nil, 0 // most requests: no list to rebuild
+	}
 	var kept, gone []sip.Header
 	changed := false
 	for _, h := range hs {
@@ -126,6 +130,23 @@ func stripImpp(req *sip.Request) (claims []string, removed int) {
 	}
 	setHeaders(req, kept, gone)
 	return claims, removed
+}
+
+// mayHoldImpp reports whether stripImpp could remove or change anything
+// in hs: a Call-Info header, or a Contact that is not a parsed one with a
+// scheme other than xmpp.
+func mayHoldImpp(hs []sip.Header) bool {
+	for _, h := range hs {
+		switch name := h.Name(); {
+		case strings.EqualFold(name, "Call-Info"):
+			return true
+		case isContactName(name):
+			if c, ok := h.(*sip.ContactHeader); !ok || c.Address.Scheme == "xmpp" {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // setHeaders makes kept (in order) the header list of req, whose current
@@ -340,11 +361,64 @@ func escapeURIPart(b *strings.Builder, s, allowed string) {
 // escaped per RFC 5122 where needed). A jid that is not a valid user JID
 // stamps nothing.
 func stampImpp(req *sip.Request, jid string) {
+	if v := imppValue(jid); v != "" {
+		req.AppendHeader(sip.NewHeader("Call-Info", v))
+	}
+}
+
+// imppValue is stampImpp's Call-Info value for jid, "" when jid is not a
+// valid user JID.
+func imppValue(jid string) string {
 	u, ok := xmppURI(jid)
 	if !ok {
-		return
+		return ""
 	}
-	req.AppendHeader(sip.NewHeader("Call-Info", "<"+u+">;purpose=impp"))
+	return "<" + u + ">;purpose=impp"
+}
+
+// stampImpp is the package's stampImpp with the values cached: the JID's
+// validation and normalisation (PRECIS) took most of the identity work of
+// a call, though the same callers call again and again.
+func (b *B2BUA) stampImpp(req *sip.Request, jid string) {
+	if v := b.impp.value(jid); v != "" {
+		req.AppendHeader(sip.NewHeader("Call-Info", v))
+	}
+}
+
+// imppCache remembers imppValue by JID: the last imppCacheSize JIDs at
+// least and twice that at most, in two generations (the older dropped
+// whole when the newer is full). Safe for concurrent use.
+type imppCache struct {
+	mu        sync.Mutex
+	cur, prev map[string]string
+}
+
+const imppCacheSize = 4096
+
+func (c *imppCache) value(jid string) string {
+	c.mu.Lock()
+	v, ok := c.cur[jid]
+	if !ok {
+		if v, ok = c.prev[jid]; ok {
+			c.putLocked(jid, v)
+		}
+	}
+	c.mu.Unlock()
+	if ok {
+		return v
+	}
+	v = imppValue(jid)
+	c.mu.Lock()
+	c.putLocked(jid, v)
+	c.mu.Unlock()
+	return v
+}
+
+func (c *imppCache) putLocked(jid, v string) {
+	if c.cur == nil || len(c.cur) >= imppCacheSize {
+		c.prev, c.cur = c.cur, make(map[string]string)
+	}
+	c.cur[jid] = v
 }
 
 // addXMPPContact appends the draft's literal form: a Contact value

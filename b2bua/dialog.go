@@ -40,7 +40,7 @@ type leg struct {
 	remote    sip.Uri // their URI (our To in requests we send)
 	target    sip.Uri // their Contact: the Request-URI of our requests
 	routes    []sip.Uri
-	contact   *sip.ContactHeader // ours, shared by the calls on its transport: read-only
+	contact   *sip.ContactHeader // ours, shared by the calls on its transport and their messages: read-only
 
 	mu        sync.Mutex
 	cseq      uint32 // last CSeq we sent
@@ -125,8 +125,7 @@ func (l *leg) request(method sip.RequestMethod) *sip.Request {
 	req.AppendHeader(&sip.CSeqHeader{SeqNo: seq, MethodName: method})
 	req.AppendHeader(&mf)
 	if method != sip.BYE && method != sip.CANCEL && method != sip.ACK && l.contact != nil {
-		c := *l.contact
-		req.AppendHeader(&c)
+		req.AppendHeader(l.contact) // shared, read-only
 	}
 	req.SetTransport(l.transport)
 	req.SetDestination(l.dest)
