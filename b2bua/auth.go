@@ -207,7 +207,7 @@ func (b *B2BUA) authRespond(tx sip.ServerTransaction, req *sip.Request, code int
 			to.Params.Add("tag", randomTag())
 		}
 	}
-	res.AppendHeader(sip.NewHeader("Server", b.cfg.UserAgent))
+	res.AppendHeader(b.serverHeader())
 	for _, h := range hdrs {
 		res.AppendHeader(h)
 	}

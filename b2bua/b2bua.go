@@ -111,11 +111,14 @@ type B2BUA struct {
 	callKey [32]byte  // derives B-leg Call-IDs
 	callMAC sync.Pool // *callMAC: HMAC-SHA256 with callKey, reused
 	impp    imppCache // Call-Info values of the JIDs stamped
-	cps     *limiter
-	rate    *sourceLimiter
-	callsMu sync.Mutex
-	calls   map[string]*call  // by media key
-	dialogs map[dialogID]*leg // by dialogKey
+	// hdrServer and hdrSDP are the Server and the SDP Content-Type
+	// headers, appended to every message that has one: shared, read-only.
+	hdrServer, hdrSDP sip.Header
+	cps               *limiter
+	rate              *sourceLimiter
+	callsMu           sync.Mutex
+	calls             map[string]*call  // by media key
+	dialogs           map[dialogID]*leg // by dialogKey
 	// outCallIDs counts the calls using each B-leg Call-ID (loop detection).
 	outCallIDs map[string]int
 	// initial holds the top Via branch of the initial INVITE of every call
@@ -168,6 +171,7 @@ func New(cfg Config, log *slog.Logger, m *Metrics) (*B2BUA, error) {
 		initial: map[initialKey]string{}, ended: recentInvites{keep: sip.Timer_J}}
 	rand.Read(b.callKey[:])
 	b.callMAC.New = func() any { return &callMAC{h: hmac.New(sha256.New, b.callKey[:])} }
+	b.hdrServer, b.hdrSDP = sip.NewHeader("Server", cfg.UserAgent), sip.NewHeader("Content-Type", "application/sdp")
 	if cfg.PBX != "" {
 		if b.pbx, err = parsePBX(cfg.PBX); err != nil {
 			ua.Close()
@@ -410,7 +414,7 @@ func callID(req *sip.Request) string {
 // respond answers req and counts the response.
 func (b *B2BUA) respond(tx sip.ServerTransaction, req *sip.Request, code int, reason string, hdrs ...sip.Header) {
 	res := sip.NewResponseFromRequest(req, code, reason, nil)
-	res.AppendHeader(sip.NewHeader("Server", b.cfg.UserAgent))
+	res.AppendHeader(b.serverHeader())
 	for _, h := range hdrs {
 		res.AppendHeader(h)
 	}
@@ -418,6 +422,23 @@ func (b *B2BUA) respond(tx sip.ServerTransaction, req *sip.Request, code int, re
 	if err := tx.Respond(res); err != nil {
 		b.log.Debug("respond failed", "call_id", callID(req), "status", code, "err", err)
 	}
+}
+
+// serverHeader returns the Server header (shared, read-only).
+func (b *B2BUA) serverHeader() sip.Header {
+	if b.hdrServer == nil { // a B2BUA not made by New (tests)
+		return sip.NewHeader("Server", b.cfg.UserAgent)
+	}
+	return b.hdrServer
+}
+
+// sdpType returns the Content-Type header of an SDP body (shared,
+// read-only).
+func (b *B2BUA) sdpType() sip.Header {
+	if b.hdrSDP == nil {
+		return sip.NewHeader("Content-Type", "application/sdp")
+	}
+	return b.hdrSDP
 }
 
 func (b *B2BUA) retryAfter() sip.Header {

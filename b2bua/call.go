@@ -232,7 +232,7 @@ func (b *B2BUA) prepareCall(ctx context.Context, req *sip.Request, tx sip.Server
 			b.rejectMedia(tx, req, c, err)
 			return nil, nil, false
 		}
-		breq.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+		breq.AppendHeader(b.sdpType())
 		breq.SetBody(sdp)
 	} else {
 		breq.SetBody(nil)
@@ -640,10 +640,10 @@ func (b *B2BUA) responseFor(l *leg, req *sip.Request, code int, reason string, b
 		}
 	}
 	if headerNamed(res, "Server") == nil {
-		res.AppendHeader(sip.NewHeader("Server", b.cfg.UserAgent))
+		res.AppendHeader(b.serverHeader())
 	}
 	if body != nil {
-		res.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+		res.AppendHeader(b.sdpType())
 	}
 	res.SetBody(body)
 	return res

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
@@ -140,6 +141,12 @@ func (b *B2BUA) send(ctx context.Context, l *leg, req *sip.Request) (sip.ClientT
 
 // finalResponse waits for the final response of tx.
 func (b *B2BUA) finalResponse(ctx context.Context, tx sip.ClientTransaction) (*sip.Response, error) {
+	return b.finalResponseBy(ctx, tx, nil)
+}
+
+// finalResponseBy is finalResponse that also gives up, with
+// context.DeadlineExceeded, when expire fires.
+func (b *B2BUA) finalResponseBy(ctx context.Context, tx sip.ClientTransaction, expire <-chan time.Time) (*sip.Response, error) {
 	for {
 		select {
 		case res := <-tx.Responses():
@@ -155,14 +162,24 @@ func (b *B2BUA) finalResponse(ctx context.Context, tx sip.ClientTransaction) (*s
 			return nil, errors.New("transaction ended without a final response")
 		case <-ctx.Done():
 			return nil, ctx.Err()
+		case <-expire:
+			return nil, context.DeadlineExceeded
 		}
 	}
 }
 
 // bye ends the leg's dialog with a BYE and waits (bounded) for its answer.
 func (b *B2BUA) bye(l *leg, reason string) {
-	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.ByeTimeout)
-	defer cancel()
+	// Bounded by a timer; by a context too where sending may have to
+	// connect first (a timeout context costs three allocations).
+	ctx := context.Background()
+	if sip.IsReliable(l.transport) {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, b.cfg.ByeTimeout)
+		defer cancel()
+	}
+	expire := time.NewTimer(b.cfg.ByeTimeout)
+	defer expire.Stop()
 	req := l.request(sip.BYE)
 	if reason != "" {
 		req.AppendHeader(sip.NewHeader("Reason", reason))
@@ -173,7 +190,7 @@ func (b *B2BUA) bye(l *leg, reason string) {
 		return
 	}
 	defer tx.Terminate()
-	if _, err := b.finalResponse(ctx, tx); err != nil {
+	if _, err := b.finalResponseBy(ctx, tx, expire.C); err != nil {
 		b.log.Debug("bye unanswered", "call_id", l.call.id, "leg", l.name, "err", err)
 	}
 }
@@ -185,7 +202,7 @@ func (b *B2BUA) ack(l *leg, seq uint32, body []byte) *sip.Request {
 	req := l.request(sip.ACK)
 	req.CSeq().SeqNo = seq
 	if body != nil {
-		req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+		req.AppendHeader(b.sdpType())
 		req.SetBody(body)
 	}
 	b.m.request(sip.ACK, "out").Inc()

@@ -123,7 +123,7 @@ func (b *B2BUA) offerAnswer(l *leg, req *sip.Request, tx sip.ServerTransaction) 
 		oreq.AppendHeader(sip.NewHeader("Supported", s))
 	}
 	if body != nil {
-		oreq.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+		oreq.AppendHeader(b.sdpType())
 	}
 	oreq.SetBody(body)
 	res, err := b.roundTrip(ctx, o, oreq)
@@ -220,7 +220,7 @@ func (b *B2BUA) reply(l *leg, req *sip.Request, tx sip.ServerTransaction, res *s
 		if ct := headerNamed(res, "Content-Type"); ct != nil && sdpBody(res) == nil {
 			out.AppendHeader(sip.HeaderClone(ct))
 		} else {
-			out.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+			out.AppendHeader(b.sdpType())
 		}
 		out.SetBody(body)
 	}

@@ -299,7 +299,7 @@ func (b *B2BUA) onRegister(req *sip.Request, tx sip.ServerTransaction) {
 		b.applyRegistration(ctx, log, req, res, out, aor, pending, wildcard)
 	}
 	endFlight()
-	out.AppendHeader(sip.NewHeader("Server", b.cfg.UserAgent))
+	out.AppendHeader(b.serverHeader())
 	if err := tx.Respond(out); err != nil {
 		log.Debug("respond failed", "status", res.StatusCode, "err", err)
 		return
