@@ -301,7 +301,6 @@ func (b *B2BUA) newCallLegs(req *sip.Request, tx sip.ServerTransaction, origin s
 		remote: *from.Address.Clone(), target: *contact.Address.Clone(),
 		routes: routeSet(headersNamed(req, "Record-Route")), dest: req.Source(), transport: req.Transport(),
 		remoteSeq: cseq.SeqNo, invite: req, inviteTx: tx, ackCh: make(chan *sip.Request, 4)}
-	bl.ackCh = make(chan *sip.Request, 4)
 	al.client, al.contact, _ = b.clientFor(req.Transport())
 	if al.client == nil {
 		b.respond(tx, req, 500, "Server Internal Error")
@@ -555,9 +554,17 @@ func (b *B2BUA) respond2xx(c *call, l *leg, tx sip.ServerTransaction, req *sip.R
 // its own); it stops t.
 func (b *B2BUA) respond2xxTimer(c *call, l *leg, tx sip.ServerTransaction, req *sip.Request, bres *sip.Response, body []byte, t *time.Timer) *sip.Request {
 	res := b.responseFor(l, req, bres.StatusCode, bres.Reason, bres, body)
+	// The leg's ACK channel, made on first use (a B-leg needs one only
+	// when the PBX re-INVITEs).
+	l.mu.Lock()
+	if l.ackCh == nil {
+		l.ackCh = make(chan *sip.Request, 4)
+	}
+	ackCh := l.ackCh
+	l.mu.Unlock()
 	// Drain stale ACKs of an earlier exchange.
-	for len(l.ackCh) > 0 {
-		<-l.ackCh
+	for len(ackCh) > 0 {
+		<-ackCh
 	}
 	seq := req.CSeq().SeqNo
 	if err := tx.Respond(res); err != nil {
@@ -581,7 +588,7 @@ func (b *B2BUA) respond2xxTimer(c *call, l *leg, tx sip.ServerTransaction, req *
 	defer t.Stop()
 	for {
 		select {
-		case ack := <-l.ackCh:
+		case ack := <-ackCh:
 			if ack.CSeq().SeqNo == seq {
 				return ack
 			}
@@ -822,7 +829,8 @@ func (b *B2BUA) identify(c *call, req, breq *sip.Request, trusted bool, authAOR 
 	var jid, name string
 	var ok bool
 	if b.cfg.Resolver != nil {
-		for _, uri := range callerURIs(req, trusted, authAOR) {
+		var buf [4]string
+		for _, uri := range appendCallerURIs(buf[:0], req, trusted, authAOR) {
 			if jid, name, ok = b.cfg.Resolver.Resolve(uri); ok {
 				break
 			}
@@ -862,7 +870,11 @@ func (c *call) logStrip(n int) {
 // authenticated AOR (local auth), P-Asserted-Identity values from a trusted
 // peer, then From.
 func callerURIs(req *sip.Request, trusted bool, authAOR string) []string {
-	var out []string
+	return appendCallerURIs(nil, req, trusted, authAOR)
+}
+
+// appendCallerURIs appends callerURIs to out.
+func appendCallerURIs(out []string, req *sip.Request, trusted bool, authAOR string) []string {
 	if authAOR != "" {
 		return append(out, authAOR)
 	}
@@ -942,7 +954,10 @@ func tagOf(p sip.HeaderParams) string {
 
 // responseContact returns the SIP Contact URI of a response.
 func responseContact(res *sip.Response) (sip.Uri, bool) {
-	for _, h := range headersNamed(res, "Contact") {
+	for _, h := range res.Headers() {
+		if !strings.EqualFold(h.Name(), "Contact") {
+			continue
+		}
 		if c, ok := h.(*sip.ContactHeader); ok && (strings.EqualFold(c.Address.Scheme, "sip") || strings.EqualFold(c.Address.Scheme, "sips")) {
 			return *c.Address.Clone(), true
 		}

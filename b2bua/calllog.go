@@ -26,6 +26,10 @@ func (cl callLog) log(level slog.Level, msg string, args []any) {
 	cl.l.Log(ctx, level, msg, append([]any{"call_id", cl.id}, args...)...)
 }
 
+// enabled reports whether records at level are logged (a check that
+// saves building the arguments of a line, which allocates).
+func (cl callLog) enabled(level slog.Level) bool { return cl.l.Enabled(context.Background(), level) }
+
 func (cl callLog) Debug(msg string, args ...any) { cl.log(slog.LevelDebug, msg, args) }
 func (cl callLog) Info(msg string, args ...any)  { cl.log(slog.LevelInfo, msg, args) }
 func (cl callLog) Warn(msg string, args ...any)  { cl.log(slog.LevelWarn, msg, args) }

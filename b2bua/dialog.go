@@ -48,7 +48,7 @@ type leg struct {
 	remoteSeq uint32 // last CSeq they sent
 	invite    *sip.Request
 	inviteTx  sip.ServerTransaction // A-leg: the initial INVITE
-	ackCh     chan *sip.Request     // A-leg: ACKs of our 2xx
+	ackCh     chan *sip.Request     // ACKs of our 2xx: the A-leg's made with it, a B-leg's by respond2xx
 	confirmed bool                  // a 2xx was sent/received and ACKed/ACKed
 	reack     *reAck                // B-leg: ACKs the initial INVITE's 2xx retransmissions
 }

@@ -3,6 +3,7 @@ package b2bua
 import (
 	"context"
 	"errors"
+	"log/slog"
 
 	"github.com/cusax-gw/cusax-gw/rtprelay"
 	"github.com/emiago/sipgo/sip"
@@ -54,7 +55,9 @@ func (b *B2BUA) onInDialog(req *sip.Request, tx sip.ServerTransaction) {
 	switch req.Method {
 	case sip.BYE:
 		b.respond(tx, req, 200, "OK")
-		l.call.log.Debug("bye", "from_leg", l.name)
+		if l.call.log.enabled(slog.LevelDebug) {
+			l.call.log.Debug("bye", "from_leg", l.name)
+		}
 		result := resultCancelled
 		b.endCall(l.call, l, result, 0, "")
 	case sip.INVITE, sip.UPDATE:
@@ -70,9 +73,12 @@ func (b *B2BUA) onInDialog(req *sip.Request, tx sip.ServerTransaction) {
 // onAck routes the ACK of a 2xx to the leg waiting for it.
 func (b *B2BUA) onAck(req *sip.Request, tx sip.ServerTransaction) {
 	b.m.request(sip.ACK, "in").Inc()
-	if l := b.dialogFor(req); l != nil && l.ackCh != nil {
+	if l := b.dialogFor(req); l != nil {
+		l.mu.Lock()
+		ackCh := l.ackCh
+		l.mu.Unlock()
 		select {
-		case l.ackCh <- req:
+		case ackCh <- req: // never when nil
 		default:
 		}
 	}
