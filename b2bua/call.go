@@ -815,7 +815,7 @@ func (b *B2BUA) identify(c *call, req, breq *sip.Request, trusted bool, authAOR 
 	claims, removed := stripImpp(breq)
 	xmppContacts := 0
 	for _, h := range req.Headers() {
-		if !strings.EqualFold(h.Name(), "Contact") {
+		if !nameIs(h.Name(), "Contact") {
 			continue
 		}
 		if ch, ok := h.(*sip.ContactHeader); ok && strings.EqualFold(ch.Address.Scheme, "xmpp") {
@@ -955,7 +955,7 @@ func tagOf(p sip.HeaderParams) string {
 // responseContact returns the SIP Contact URI of a response.
 func responseContact(res *sip.Response) (sip.Uri, bool) {
 	for _, h := range res.Headers() {
-		if !strings.EqualFold(h.Name(), "Contact") {
+		if !nameIs(h.Name(), "Contact") {
 			continue
 		}
 		if c, ok := h.(*sip.ContactHeader); ok && (strings.EqualFold(c.Address.Scheme, "sip") || strings.EqualFold(c.Address.Scheme, "sips")) {

@@ -51,7 +51,7 @@ func stripImpp(req *sip.Request) (claims []string, removed int) {
 	changed := false
 	for _, h := range hs {
 		switch name := h.Name(); {
-		case strings.EqualFold(name, "Call-Info"):
+		case nameIs(name, "Call-Info"):
 			vals := splitCallInfo(h.Value())
 			var keep []string
 			for _, v := range vals {
@@ -138,7 +138,7 @@ func stripImpp(req *sip.Request) (claims []string, removed int) {
 func mayHoldImpp(hs []sip.Header) bool {
 	for _, h := range hs {
 		switch name := h.Name(); {
-		case strings.EqualFold(name, "Call-Info"):
+		case nameIs(name, "Call-Info"):
 			return true
 		case isContactName(name):
 			if c, ok := h.(*sip.ContactHeader); !ok || c.Address.Scheme == "xmpp" {
@@ -185,7 +185,7 @@ func setHeaders(req *sip.Request, kept, gone []sip.Header) {
 const placeholderName = "X-Cusax-Placeholder"
 
 func isContactName(name string) bool {
-	return strings.EqualFold(name, "Contact") || strings.EqualFold(name, "m")
+	return nameIs(name, "Contact") || nameIs(name, "m")
 }
 
 // callInfo is one parsed Call-Info value.

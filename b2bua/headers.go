@@ -11,7 +11,43 @@ import (
 // allocation per header whose name is not one of its few well-known ones
 // (Subject, User-Agent, Allow, Supported...): copying a dozen whitelisted
 // names cost ~70 allocations per call. These compare names with
-// strings.EqualFold instead and allocate only the result.
+// nameIs (strings.EqualFold) instead and allocate only the result.
+
+// nameIs reports whether the header names a and b are equal under
+// Unicode case folding (strings.EqualFold), quickly for ASCII names: a
+// byte-wise ASCII comparison, which for ASCII strings is the same, and
+// which names of different lengths fail at once (EqualFold walks both).
+func nameIs(a, b string) bool {
+	if len(a) == len(b) {
+		i := 0
+		for ; i < len(a); i++ {
+			x, y := a[i], b[i]
+			if x == y {
+				continue
+			}
+			if x|0x20 == y|0x20 && 'a' <= x|0x20 && x|0x20 <= 'z' {
+				continue
+			}
+			break
+		}
+		if i == len(a) {
+			return true
+		}
+	}
+	if isASCII(a) && isASCII(b) {
+		return false
+	}
+	return strings.EqualFold(a, b) // folding can match other lengths
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
 
 // headerList is what the helpers read: *sip.Request and *sip.Response.
 type headerList interface{ Headers() []sip.Header }
@@ -21,7 +57,7 @@ type headerList interface{ Headers() []sip.Header }
 func headersNamed(m headerList, name string) []sip.Header {
 	var out []sip.Header
 	for _, h := range m.Headers() {
-		if strings.EqualFold(h.Name(), name) {
+		if nameIs(h.Name(), name) {
 			out = append(out, h)
 		}
 	}
@@ -31,7 +67,7 @@ func headersNamed(m headerList, name string) []sip.Header {
 // headerNamed returns m's first header named name (case-insensitive), or nil.
 func headerNamed(m headerList, name string) sip.Header {
 	for _, h := range m.Headers() {
-		if strings.EqualFold(h.Name(), name) {
+		if nameIs(h.Name(), name) {
 			return h
 		}
 	}
@@ -44,7 +80,7 @@ func copyHeaders(src headerList, dst sip.Message, names ...string) {
 	for _, h := range src.Headers() {
 		name := h.Name()
 		for _, n := range names {
-			if strings.EqualFold(name, n) {
+			if nameIs(name, n) {
 				dst.AppendHeader(sip.HeaderClone(h))
 				break
 			}

@@ -21,7 +21,7 @@ func repeatedSingleHeader(req *sip.Request) string {
 	for _, h := range req.Headers() {
 		name := h.Name()
 		for i, s := range singleHeaders {
-			if strings.EqualFold(name, s) {
+			if nameIs(name, s) {
 				if seen[i] {
 					return s
 				}
