@@ -2,6 +2,7 @@ package b2bua
 
 import (
 	"strings"
+	"unicode/utf8"
 
 	"github.com/emiago/sipgo/sip"
 )
@@ -14,39 +15,27 @@ import (
 // nameIs (strings.EqualFold) instead and allocate only the result.
 
 // nameIs reports whether the header names a and b are equal under
-// Unicode case folding (strings.EqualFold), quickly for ASCII names: a
-// byte-wise ASCII comparison, which for ASCII strings is the same, and
-// which names of different lengths fail at once (EqualFold walks both).
+// Unicode case folding (strings.EqualFold), quickly for ASCII names: it
+// walks both while their bytes are ASCII (each a whole rune, equal under
+// folding only to its other ASCII case) and stops at the first difference;
+// from a non-ASCII byte on, EqualFold decides.
 func nameIs(a, b string) bool {
-	if len(a) == len(b) {
-		i := 0
-		for ; i < len(a); i++ {
-			x, y := a[i], b[i]
-			if x == y {
-				continue
-			}
-			if x|0x20 == y|0x20 && 'a' <= x|0x20 && x|0x20 <= 'z' {
-				continue
-			}
-			break
+	n := min(len(a), len(b))
+	for i := 0; i < n; i++ {
+		x, y := a[i], b[i]
+		if x >= utf8.RuneSelf || y >= utf8.RuneSelf {
+			return strings.EqualFold(a[i:], b[i:])
 		}
-		if i == len(a) {
-			return true
+		if x == y {
+			continue
 		}
-	}
-	if isASCII(a) && isASCII(b) {
+		if lx := x | 0x20; lx == y|0x20 && 'a' <= lx && lx <= 'z' {
+			continue
+		}
 		return false
 	}
-	return strings.EqualFold(a, b) // folding can match other lengths
-}
-
-func isASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] >= 0x80 {
-			return false
-		}
-	}
-	return true
+	// Equal, or one a prefix of the other: no rune folds to nothing.
+	return len(a) == len(b)
 }
 
 // headerList is what the helpers read: *sip.Request and *sip.Response.
