@@ -627,11 +627,7 @@ func (b *B2BUA) respondA(c *call, code int, reason string, bres *sip.Response, b
 
 // responseFor builds our response on leg l to req from a peer response.
 func (b *B2BUA) responseFor(l *leg, req *sip.Request, code int, reason string, bres *sip.Response, body []byte) *sip.Response {
-	res := sip.NewResponseFromRequest(req, code, reason, nil)
-	if to := res.To(); to != nil && code > 100 {
-		to.Params.Remove("tag")
-		to.Params.Add("tag", l.localTag)
-	}
+	res := l.newResponse(req, code, reason)
 	if code > 100 && code < 300 && l.contact != nil {
 		res.AppendHeader(l.contact) // shared, read-only
 	}
@@ -653,6 +649,78 @@ func (b *B2BUA) responseFor(l *leg, req *sip.Request, code int, reason string, b
 		res.AppendHeader(b.sdpType())
 	}
 	res.SetBody(body)
+	return res
+}
+
+// newResponse starts our response on leg l to req: sipgo's
+// NewResponseFromRequest with our To tag. For the leg's initial INVITE,
+// once a first response (101-299) was built that way, the next ones
+// start from what it derived (responseBase): the request's headers are
+// not looked up again (sipgo lower-cases every header name of the request
+// for each look-up), nor a random To tag made only to be replaced.
+func (l *leg) newResponse(req *sip.Request, code int, reason string) *sip.Response {
+	var initial bool
+	if code > 100 {
+		l.mu.Lock()
+		initial = req == l.invite
+		base := l.resBase
+		l.mu.Unlock()
+		if initial && base != nil {
+			return base.response(code, reason)
+		}
+	}
+	res := sip.NewResponseFromRequest(req, code, reason, nil)
+	if to := res.To(); to != nil && code > 100 {
+		to.Params.Remove("tag")
+		to.Params.Add("tag", l.localTag)
+	}
+	if initial && code < 300 {
+		base := &responseBase{version: res.SipVersion, transport: res.Transport(), dest: res.Destination()}
+		for _, h := range res.Headers() {
+			switch name := h.Name(); {
+			case nameIs(name, "Record-Route"):
+				base.rr = append(base.rr, h)
+			case nameIs(name, "Content-Length"):
+			default:
+				base.rest = append(base.rest, h)
+			}
+		}
+		l.mu.Lock()
+		l.resBase = base
+		l.mu.Unlock()
+	}
+	return res
+}
+
+// responseBase is what NewResponseFromRequest derived from a leg's initial
+// INVITE for a first response 101-299, our To tag included: its
+// Record-Route copies, and the copies of Via, From, To, Call-ID and CSeq
+// (in rest). The header objects are shared by the responses made from it:
+// read-only.
+type responseBase struct {
+	version         string
+	rr, rest        []sip.Header
+	transport, dest string
+}
+
+// response is NewResponseFromRequest(invite, code, reason, nil) with our
+// To tag, for code > 100: the same headers in the same order (Record-Route
+// for 101-299 only, as for any INVITE), Content-Length, transport and
+// destination.
+func (r *responseBase) response(code int, reason string) *sip.Response {
+	res := sip.NewResponse(code, reason)
+	res.SipVersion = r.version
+	if code < 300 {
+		for _, h := range r.rr {
+			res.AppendHeader(h)
+		}
+	}
+	for _, h := range r.rest {
+		res.AppendHeader(h)
+	}
+	res.SetBody(nil)
+	res.SetTransport(r.transport)
+	res.SetDestination(r.dest)
 	return res
 }
 

@@ -51,6 +51,7 @@ type leg struct {
 	ackCh     chan *sip.Request     // ACKs of our 2xx: the A-leg's made with it, a B-leg's by respond2xx
 	confirmed bool                  // a 2xx was sent/received and ACKed/ACKed
 	reack     *reAck                // B-leg: ACKs the initial INVITE's 2xx retransmissions
+	resBase   *responseBase         // A-leg: the start of our responses to the initial INVITE
 }
 
 // reAck sends the ACK of a B-leg INVITE's 2xx again when the 2xx comes
