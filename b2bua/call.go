@@ -321,9 +321,8 @@ func (b *B2BUA) bLegInvite(req *sip.Request, bl *leg, target sip.Uri, trusted bo
 	bl.remote, bl.target = *to.Address.Clone(), target
 	bl.cseq = cseq.SeqNo
 	breq := sip.NewRequest(sip.INVITE, target)
-	bfrom := &sip.FromHeader{DisplayName: from.DisplayName, Address: bl.local, Params: sip.NewParams()}
-	bfrom.Params.Add("tag", bl.localTag)
-	bto := &sip.ToHeader{DisplayName: to.DisplayName, Address: bl.remote, Params: sip.NewParams()}
+	bfrom := &sip.FromHeader{DisplayName: from.DisplayName, Address: bl.local, Params: sip.HeaderParams{{K: "tag", V: bl.localTag}}}
+	bto := &sip.ToHeader{DisplayName: to.DisplayName, Address: bl.remote, Params: sip.HeaderParams{}}
 	bcid := sip.CallIDHeader(bl.callID)
 	breq.AppendHeader(bfrom)
 	breq.AppendHeader(bto)
@@ -512,7 +511,7 @@ func (b *B2BUA) bAnswered(ctx context.Context, c *call, breq *sip.Request, res *
 		bl.reack.req.Store(b.ack(bl, seq, nil))
 	}
 
-	b.addDialog(al)
+	// The A-leg's dialog is in the table since addCall.
 	al.mu.Lock()
 	al.confirmed = true
 	al.mu.Unlock()
@@ -675,8 +674,10 @@ func (l *leg) newResponse(req *sip.Request, code int, reason string) *sip.Respon
 		to.Params.Add("tag", l.localTag)
 	}
 	if initial && code < 300 {
-		base := &responseBase{version: res.SipVersion, transport: res.Transport(), dest: res.Destination()}
-		for _, h := range res.Headers() {
+		hs := res.Headers()
+		base := &responseBase{version: res.SipVersion, transport: res.Transport(), dest: res.Destination(),
+			rest: make([]sip.Header, 0, len(hs))}
+		for _, h := range hs {
 			switch name := h.Name(); {
 			case nameIs(name, "Record-Route"):
 				base.rr = append(base.rr, h)
@@ -1092,8 +1093,8 @@ func (b *B2BUA) addCall(c *call) {
 	b.calls[c.mediaID] = c
 	b.outCallIDs[c.b.callID]++
 	b.initial[c.init] = c.branch
+	b.dialogs[c.a.key()] = c.a
 	b.callsMu.Unlock()
-	b.addDialog(c.a)
 	b.m.CallsActive.Inc()
 }
 

@@ -109,7 +109,7 @@ func (l *leg) request(method sip.RequestMethod) *sip.Request {
 		req.AppendHeader(&sip.RouteHeader{Address: *r.Clone()})
 	}
 	from := &sip.FromHeader{DisplayName: l.localName, Address: l.local, Params: sip.HeaderParams{{K: "tag", V: l.localTag}}}
-	to := &sip.ToHeader{Address: l.remote, Params: sip.NewParams()}
+	to := &sip.ToHeader{Address: l.remote, Params: sip.HeaderParams{}} // no allocation
 	if l.remoteTag != "" {
 		to.Params = sip.HeaderParams{{K: "tag", V: l.remoteTag}}
 	}
