@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"hash"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -33,23 +34,22 @@ type call struct {
 	mediaID string // the key toward the media relay
 	init    initialKey
 	branch  string // the top Via branch of the initial INVITE
-	origin  string // phone|pbx
 	a, b    *leg
 	start   time.Time
-	log     callLog
+	logger  *slog.Logger // the gateway's: log() adds the call_id
 
 	anchored atomic.Bool // media.Offer succeeded at least once
 
 	cancelOnce sync.Once
 	cancelled  chan struct{} // closed when the caller CANCELs the initial INVITE
 
-	mu        sync.Mutex
-	answered  bool
-	reinvite  bool // an offer/answer exchange (re-INVITE, UPDATE) is in progress
-	endOnce   sync.Once
-	done      chan struct{}
-	maxTimer  *time.Timer
-	endResult string
+	mu       sync.Mutex
+	answered bool
+	reinvite bool // an offer/answer exchange (re-INVITE, UPDATE) is in progress
+	fromPBX  bool // origin pbx (a trusted peer's call), not phone; set once, before the call is shared
+	endOnce  sync.Once
+	done     chan struct{}
+	maxTimer *time.Timer
 }
 
 // Results of cusax_calls_total.
@@ -191,10 +191,10 @@ func (b *B2BUA) newCall(req *sip.Request, tx sip.ServerTransaction) {
 	admitted = false
 	c.init, c.branch = init, branch
 	b.addCall(c)
-	c.log.callStart(origin, aorOf(from.Address), aorOf(to.Address), bl.callID)
+	c.log().callStart(origin, aorOf(from.Address), aorOf(to.Address), bl.callID)
 	if b.cfg.MaxDuration > 0 {
 		c.maxTimer = time.AfterFunc(b.cfg.MaxDuration, func() {
-			c.log.Info("maximum call duration reached", "max_duration", b.cfg.MaxDuration)
+			c.log().Info("maximum call duration reached", "max_duration", b.cfg.MaxDuration)
 			b.endCall(c, nil, resultAnswered, 0, `SIP;cause=200;text="maximum call duration"`)
 		})
 	}
@@ -295,8 +295,8 @@ type callLegs struct {
 func (b *B2BUA) newCallLegs(req *sip.Request, tx sip.ServerTransaction, origin string, contact *sip.ContactHeader, cl *callLegs) *call {
 	from, to, callid, cseq := req.From(), req.To(), req.CallID(), req.CSeq()
 	c, al, bl := &cl.c, &cl.a, &cl.b
-	*c = call{id: callid.Value(), origin: origin, start: time.Now(), done: make(chan struct{})}
-	*al = leg{name: "a", uas: true, call: c, localTag: newTag(), callID: callid.Value(),
+	*c = call{id: callid.Value(), fromPBX: origin == "pbx", start: time.Now(), done: make(chan struct{})}
+	*al = leg{name: "a", call: c, localTag: newTag(), callID: callid.Value(),
 		remoteTag: tagOf(from.Params), local: *to.Address.Clone(), localName: to.DisplayName,
 		remote: *from.Address.Clone(), target: *contact.Address.Clone(),
 		routes: routeSet(headersNamed(req, "Record-Route")), dest: req.Source(), transport: req.Transport(),
@@ -308,7 +308,7 @@ func (b *B2BUA) newCallLegs(req *sip.Request, tx sip.ServerTransaction, origin s
 	}
 	bl.call, c.a, c.b = c, al, bl
 	c.mediaID = c.id + "/" + al.localTag
-	c.log = callLog{b.log, c.id}
+	c.logger = b.log
 	return c
 }
 
@@ -360,7 +360,7 @@ func (b *B2BUA) bridgeInvite(ctx context.Context, c *call, req *sip.Request, tx 
 	b.m.request(sip.INVITE, "out").Inc()
 	btx, err := bl.client.TransactionRequest(ctx, breq)
 	if err != nil {
-		c.log.Warn("invite to b-leg failed", "peer", bl.dest, "err", err)
+		c.log().Warn("invite to b-leg failed", "peer", bl.dest, "err", err)
 		b.respondA(c, 503, "Service Unavailable", nil, nil, b.retryAfter())
 		b.endCall(c, nil, resultFailed, 503, "")
 		return
@@ -408,10 +408,10 @@ func (b *B2BUA) bridgeInvite(ctx context.Context, c *call, req *sip.Request, tx 
 		case <-cancelled:
 			// sipgo answered the CANCEL and the INVITE with 487 already.
 			cancelled = nil
-			c.log.Debug("caller cancelled")
+			c.log().Debug("caller cancelled")
 			sendCancel()
 		case <-ring.C:
-			c.log.Info("no answer within ring_timeout", "ring_timeout", b.cfg.RingTimeout)
+			c.log().Info("no answer within ring_timeout", "ring_timeout", b.cfg.RingTimeout)
 			b.respondA(c, 408, "Request Timeout", nil, nil)
 			sendCancel()
 			cancelled = nil
@@ -425,8 +425,8 @@ func (b *B2BUA) bridgeInvite(ctx context.Context, c *call, req *sip.Request, tx 
 				b.endCall(c, nil, resultCancelled, 487, "")
 				return
 			}
-			c.log.Warn("b-leg invite failed", "peer", bl.dest, "err", err)
-			if c.origin == "phone" {
+			c.log().Warn("b-leg invite failed", "peer", bl.dest, "err", err)
+			if !c.fromPBX {
 				b.pbxTimedOut(err)
 			}
 			b.respondA(c, code, reason, nil, nil)
@@ -435,6 +435,18 @@ func (b *B2BUA) bridgeInvite(ctx context.Context, c *call, req *sip.Request, tx 
 		}
 	}
 }
+
+// origin is the call's origin label: phone or pbx.
+func (c *call) origin() string {
+	if c.fromPBX {
+		return "pbx"
+	}
+	return "phone"
+}
+
+// log returns the call's logger (call_id on every line); built when
+// used, so that the call does not carry the Call-ID twice.
+func (c *call) log() callLog { return callLog{c.logger, c.id} }
 
 // onCancel is the A-leg INVITE transaction's CANCEL callback.
 func (c *call) onCancel(*sip.Request) { c.cancelOnce.Do(func() { close(c.cancelled) }) }
@@ -451,7 +463,7 @@ func (b *B2BUA) relayProvisional(ctx context.Context, c *call, res *sip.Response
 			body = sdp
 		}
 		if err != nil {
-			c.log.Info("early media sdp refused", "err", err)
+			c.log().Info("early media sdp refused", "err", err)
 			body = nil
 		}
 	}
@@ -500,7 +512,7 @@ func (b *B2BUA) bAnswered(ctx context.Context, c *call, breq *sip.Request, res *
 		body, err = b.offer(ctx, c, bl, sdp)
 	}
 	if err != nil {
-		c.log.Warn("b-leg sdp refused", "err", err)
+		c.log().Warn("b-leg sdp refused", "err", err)
 		bl.reack.req.Store(b.ack(bl, seq, nil))
 		b.respondA(c, 488, "Not Acceptable Here", nil, nil)
 		b.endCall(c, nil, resultFailed, 488, `SIP;cause=488;text="bad sdp"`)
@@ -515,7 +527,7 @@ func (b *B2BUA) bAnswered(ctx context.Context, c *call, breq *sip.Request, res *
 	al.mu.Lock()
 	al.confirmed = true
 	al.mu.Unlock()
-	c.log.Debug("call answered", "code", res.StatusCode)
+	c.log().Debug("call answered", "code", res.StatusCode)
 	ack := b.respond2xxTimer(c, al, al.inviteTx, al.invite, res, body, ring)
 	if ack == nil {
 		select {
@@ -523,7 +535,7 @@ func (b *B2BUA) bAnswered(ctx context.Context, c *call, breq *sip.Request, res *
 			return
 		default:
 		}
-		c.log.Warn("no ACK from a-leg")
+		c.log().Warn("no ACK from a-leg")
 		if lateOffer {
 			bl.reack.req.Store(b.ack(bl, seq, nil))
 		}
@@ -534,7 +546,7 @@ func (b *B2BUA) bAnswered(ctx context.Context, c *call, breq *sip.Request, res *
 		var abody []byte
 		if asdp := sdpBody(ack); asdp != nil {
 			if abody, err = b.answer(ctx, c, al, asdp); err != nil {
-				c.log.Warn("a-leg answer in ACK refused", "err", err)
+				c.log().Warn("a-leg answer in ACK refused", "err", err)
 			}
 		}
 		bl.reack.req.Store(b.ack(bl, seq, abody))
@@ -567,7 +579,7 @@ func (b *B2BUA) respond2xxTimer(c *call, l *leg, tx sip.ServerTransaction, req *
 	}
 	seq := req.CSeq().SeqNo
 	if err := tx.Respond(res); err != nil {
-		c.log.Debug("respond 2xx failed", "err", err)
+		c.log().Debug("respond 2xx failed", "err", err)
 	}
 	b.m.response(res.StatusCode, "out").Inc()
 	// One timer for the retransmissions (unreliable transports: T1,
@@ -618,7 +630,7 @@ func (b *B2BUA) respondA(c *call, code int, reason string, bres *sip.Response, b
 		res.AppendHeader(h)
 	}
 	if err := c.a.inviteTx.Respond(res); err != nil {
-		c.log.Debug("respond failed", "status", code, "err", err)
+		c.log().Debug("respond failed", "status", code, "err", err)
 		return
 	}
 	b.m.response(code, "out").Inc()
@@ -729,13 +741,13 @@ func (r *responseBase) response(code int, reason string) *sip.Response {
 func (b *B2BUA) rejectMedia(tx sip.ServerTransaction, req *sip.Request, c *call, err error) {
 	switch {
 	case errors.Is(err, rtprelay.ErrBadSDP):
-		c.log.Info("sdp refused", "err", err)
+		c.log().Info("sdp refused", "err", err)
 		b.respond(tx, req, 488, "Not Acceptable Here", sip.NewHeader("Warning", `399 cusax-gw "unparseable SDP"`))
 	case errors.Is(err, rtprelay.ErrNoPorts):
-		c.log.Warn("no rtp ports", "err", err)
+		c.log().Warn("no rtp ports", "err", err)
 		b.respond(tx, req, 503, "Service Unavailable", b.retryAfter())
 	default:
-		c.log.Error("media anchoring failed", "err", err)
+		c.log().Error("media anchoring failed", "err", err)
 		b.respond(tx, req, 503, "Service Unavailable", b.retryAfter())
 	}
 }
@@ -773,7 +785,6 @@ func (b *B2BUA) endCall(c *call, by *leg, result string, code int, reason string
 		if c.answered {
 			result = resultAnswered
 		}
-		c.endResult = result
 		c.mu.Unlock()
 		// The media first, as Kamailio configurations call
 		// rtpengine_delete on BYE: one leg has hung up, and the ports are
@@ -781,7 +792,7 @@ func (b *B2BUA) endCall(c *call, by *leg, result string, code int, reason string
 		// most of a call's descriptors).
 		if c.anchored.Load() {
 			if err := b.cfg.Media.Delete(c.mediaID); err != nil && !errors.Is(err, rtprelay.ErrNotFound) {
-				c.log.Warn("media delete failed", "err", err)
+				c.log().Warn("media delete failed", "err", err)
 			}
 		}
 		// BYE the confirmed legs other than by, both at once; usually one
@@ -805,8 +816,8 @@ func (b *B2BUA) endCall(c *call, by *leg, result string, code int, reason string
 		} else if n == 1 {
 			b.bye(bye[0], reason)
 		}
-		b.m.call(c.origin, result).Inc()
-		c.log.callEnd(result, code, time.Since(c.start))
+		b.m.call(c.origin(), result).Inc()
+		c.log().callEnd(result, code, time.Since(c.start))
 		b.removeCall(c) // last: wakes Drain
 	})
 }
@@ -820,7 +831,7 @@ func (b *B2BUA) OnMediaTimeout(mediaID string) {
 	if c == nil {
 		return
 	}
-	c.log.Info("media timeout")
+	c.log().Info("media timeout")
 	b.endCall(c, nil, resultFailed, 0, `SIP;cause=408;text="media timeout"`)
 }
 
@@ -932,7 +943,7 @@ func (b *B2BUA) identify(c *call, req, breq *sip.Request, trusted bool, authAOR 
 }
 
 func (c *call) logStrip(n int) {
-	c.log.Info("impp claims stripped from untrusted source", "count", n)
+	c.log().Info("impp claims stripped from untrusted source", "count", n)
 }
 
 // callerURIs lists the URIs that identify the caller, best first: the

@@ -41,7 +41,7 @@ func FuzzCallHeaders(f *testing.F) {
 		sdpBody(req)
 
 		b := &B2BUA{cfg: Config{CallOptions: CallOptions{Resolver: resolver, CallInfo: "stamp"}}, m: testMetrics()}
-		c := &call{log: callLog{l: discardLogger()}}
+		c := &call{logger: discardLogger()}
 		breq := sip.NewRequest(sip.INVITE, req.Recipient)
 		copyHeaders(req, breq, "Call-Info")
 		bfrom := &sip.FromHeader{Params: sip.NewParams()}

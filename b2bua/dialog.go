@@ -26,8 +26,7 @@ import (
 // phone its source address (NAT), for the PBX the configured sip.pbx.
 type leg struct {
 	call *call
-	name string // "a" or "b": also the leg's tag toward the media relay
-	uas  bool   // the gateway answered this leg's INVITE
+	name string // "a" (the gateway answered its INVITE) or "b": also the leg's tag toward the media relay
 
 	client    *sipgo.Client
 	dest      string // host:port every request of the leg is sent to

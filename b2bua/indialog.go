@@ -55,8 +55,8 @@ func (b *B2BUA) onInDialog(req *sip.Request, tx sip.ServerTransaction) {
 	switch req.Method {
 	case sip.BYE:
 		b.respond(tx, req, 200, "OK")
-		if l.call.log.enabled(slog.LevelDebug) {
-			l.call.log.Debug("bye", "from_leg", l.name)
+		if l.call.log().enabled(slog.LevelDebug) {
+			l.call.log().Debug("bye", "from_leg", l.name)
 		}
 		result := resultCancelled
 		b.endCall(l.call, l, result, 0, "")
@@ -118,7 +118,7 @@ func (b *B2BUA) offerAnswer(l *leg, req *sip.Request, tx sip.ServerTransaction) 
 			case errors.Is(err, rtprelay.ErrNoPorts):
 				code, reason = 503, "Service Unavailable"
 			}
-			c.log.Info("re-offer refused", "method", string(req.Method), "err", err)
+			c.log().Info("re-offer refused", "method", string(req.Method), "err", err)
 			b.respond(tx, req, code, reason)
 			return
 		}
@@ -134,7 +134,7 @@ func (b *B2BUA) offerAnswer(l *leg, req *sip.Request, tx sip.ServerTransaction) 
 	oreq.SetBody(body)
 	res, err := b.roundTrip(ctx, o, oreq)
 	if err != nil {
-		c.log.Info("in-dialog request unanswered", "method", string(req.Method), "leg", o.name, "err", err)
+		c.log().Info("in-dialog request unanswered", "method", string(req.Method), "leg", o.name, "err", err)
 		b.respond(tx, req, 408, "Request Timeout")
 		return
 	}
@@ -157,7 +157,7 @@ func (b *B2BUA) offerAnswer(l *leg, req *sip.Request, tx sip.ServerTransaction) 
 			rbody, err = b.offer(ctx, c, o, rsdp)
 		}
 		if err != nil {
-			c.log.Warn("in-dialog sdp refused", "leg", o.name, "err", err)
+			c.log().Warn("in-dialog sdp refused", "leg", o.name, "err", err)
 			rbody = nil
 		}
 	}
@@ -182,7 +182,7 @@ func (b *B2BUA) offerAnswer(l *leg, req *sip.Request, tx sip.ServerTransaction) 
 	if ack != nil {
 		if asdp := sdpBody(ack); asdp != nil {
 			if abody, err = b.answer(ctx, c, l, asdp); err != nil {
-				c.log.Warn("answer in ACK refused", "leg", l.name, "err", err)
+				c.log().Warn("answer in ACK refused", "leg", l.name, "err", err)
 			}
 		}
 	}
@@ -201,7 +201,7 @@ func (b *B2BUA) forwardInDialog(l *leg, req *sip.Request, tx sip.ServerTransacti
 	oreq.SetBody(req.Body())
 	res, err := b.roundTrip(ctx, o, oreq)
 	if err != nil {
-		l.call.log.Info("in-dialog request unanswered", "method", string(req.Method), "leg", o.name, "err", err)
+		l.call.log().Info("in-dialog request unanswered", "method", string(req.Method), "leg", o.name, "err", err)
 		b.respond(tx, req, 408, "Request Timeout")
 		return
 	}
@@ -231,7 +231,7 @@ func (b *B2BUA) reply(l *leg, req *sip.Request, tx sip.ServerTransaction, res *s
 		out.SetBody(body)
 	}
 	if err := tx.Respond(out); err != nil {
-		l.call.log.Debug("respond failed", "status", res.StatusCode, "err", err)
+		l.call.log().Debug("respond failed", "status", res.StatusCode, "err", err)
 		return
 	}
 	b.m.response(res.StatusCode, "out").Inc()

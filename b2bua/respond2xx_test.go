@@ -32,8 +32,8 @@ func TestRespond2xxRetransmissions(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				req := testInvite(t, tc.transport)
 				b := &B2BUA{m: testMetrics()}
-				c := &call{log: callLog{l: discardLogger()}, done: make(chan struct{})}
-				l := &leg{name: "a", uas: true, call: c, localTag: "t", ackCh: make(chan *sip.Request, 4)}
+				c := &call{logger: discardLogger(), done: make(chan struct{})}
+				l := &leg{name: "a", call: c, localTag: "t", ackCh: make(chan *sip.Request, 4)}
 				tx := &recordTx{}
 				if tc.ackAfter > 0 {
 					ack := testAck(t, req)
@@ -65,8 +65,8 @@ func TestRespond2xxAfterTransaction(t *testing.T) {
 			direct = append(direct, res)
 			return nil
 		}}
-		c := &call{log: callLog{l: discardLogger()}, done: make(chan struct{})}
-		l := &leg{name: "a", uas: true, call: c, localTag: "t", ackCh: make(chan *sip.Request, 4)}
+		c := &call{logger: discardLogger(), done: make(chan struct{})}
+		l := &leg{name: "a", call: c, localTag: "t", ackCh: make(chan *sip.Request, 4)}
 		tx := &endingTx{okFor: 2} // the 2xx and its first retransmission
 		ack := testAck(t, req)
 		time.AfterFunc(4*time.Second, func() { l.ackCh <- ack }) // after 0, 0.5, 1.5, 3.5 s

@@ -32,7 +32,7 @@ func TestResponseBase(t *testing.T) {
 		req.SetTransport("UDP")
 		req.SetSource("192.0.2.9:6000")
 		contact := &sip.ContactHeader{Address: sip.Uri{Scheme: "sip", Host: "192.0.2.50", Port: 5060}}
-		return &leg{name: "a", uas: true, localTag: "gw1", invite: req, contact: contact}, req
+		return &leg{name: "a", localTag: "gw1", invite: req, contact: contact}, req
 	}
 	b := &B2BUA{m: testMetrics()}
 	body := []byte("v=0\r\n")
