@@ -48,6 +48,11 @@ func BenchmarkCall(b *testing.B) {
 	done := make(chan error, 1)
 	go func() { done <- gw.Run(ctx) }()
 	defer func() {
+		// A call ends at the phone before the gateway's BYE toward the
+		// PBX is answered: let those finish (goleak saw them).
+		dctx, dcancel := context.WithTimeout(context.Background(), 10*time.Second)
+		gw.Drain(dctx)
+		dcancel()
 		cancel()
 		<-done
 	}()
