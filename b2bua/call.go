@@ -1114,7 +1114,9 @@ func (b *B2BUA) removeCall(c *call) {
 	delete(b.calls, c.mediaID)
 	delete(b.initial, c.init)
 	b.ended.add(c.init, c.branch, time.Now())
-	if b.outCallIDs[c.b.callID]--; b.outCallIDs[c.b.callID] <= 0 {
+	if n := b.outCallIDs[c.b.callID] - 1; n > 0 {
+		b.outCallIDs[c.b.callID] = n
+	} else {
 		delete(b.outCallIDs, c.b.callID)
 	}
 	delete(b.dialogs, c.a.key())
@@ -1228,6 +1230,9 @@ func topBranch(req *sip.Request) string {
 }
 
 func (b *B2BUA) isOwnCallID(callID string) bool {
+	if len(callID) != 2+32 || !strings.HasPrefix(callID, "cx") {
+		return false // not the form bLegCallID gives: no look-up
+	}
 	b.callsMu.Lock()
 	defer b.callsMu.Unlock()
 	return b.outCallIDs[callID] > 0
