@@ -22,6 +22,20 @@ func bound(t *testing.T, port int) bool {
 	return false
 }
 
+// sendOldCall sends a datagram to port on the loopback, as the old peer of
+// a freed pair still sending would.
+func sendOldCall(t *testing.T, port int) {
+	t.Helper()
+	c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(loopback, uint16(port))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("late packet of the old call")); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestPoolWarm: a raw pool keeps a freed pair's sockets bound through its
 // quarantine, hands the same sockets out again after it, discards what was
 // queued at them, refuses a pair whose old peer is still sending, and
@@ -32,17 +46,6 @@ func TestPoolWarm(t *testing.T) {
 	}
 	min, max := freeRange(t, 12)
 	const q = 10 * time.Second
-	send := func(t *testing.T, port int) {
-		t.Helper()
-		c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(loopback, uint16(port))))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		if _, err := c.Write([]byte("late packet of the old call")); err != nil {
-			t.Fatal(err)
-		}
-	}
 	synctest.Test(t, func(t *testing.T) {
 		g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "g"})
 		p := newPool(loopback, min, max, q, q, g, true)
@@ -70,7 +73,7 @@ func TestPoolWarm(t *testing.T) {
 
 		// After the quarantine: the same sockets again, queue emptied at
 		// mid-quarantine.
-		send(t, a.port)
+		sendOldCall(t, a.port)
 		time.Sleep(q/2 + time.Second)
 		p.sweep()
 		time.Sleep(q / 2)
@@ -93,7 +96,7 @@ func TestPoolWarm(t *testing.T) {
 		p.put(c)
 		time.Sleep(q/2 + time.Second)
 		p.sweep()
-		send(t, c.port+1)
+		sendOldCall(t, c.port+1)
 		time.Sleep(q / 2)
 		// b's quarantine ended before c's: it comes first, from the warm queue.
 		if d, err := p.get(); err != nil || d != b {
@@ -131,17 +134,6 @@ func TestPoolWarmSilent(t *testing.T) {
 	}
 	min, max := freeRange(t, 8) // four pairs
 	const q, s = time.Minute, time.Second
-	send := func(t *testing.T, port int) {
-		t.Helper()
-		c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(loopback, uint16(port))))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		if _, err := c.Write([]byte("packet of the old call")); err != nil {
-			t.Fatal(err)
-		}
-	}
 	synctest.Test(t, func(t *testing.T) {
 		p := newPool(loopback, min, max, q, s, prometheus.NewGauge(prometheus.GaugeOpts{Name: "g"}), true)
 		defer p.close()
@@ -159,10 +151,10 @@ func TestPoolWarmSilent(t *testing.T) {
 		fd := a.rtpFD
 		p.put(a)
 		p.put(b)
-		send(t, a.port) // in flight when the call ended
+		sendOldCall(t, a.port) // in flight when the call ended
 		time.Sleep(s/2 + time.Millisecond)
-		p.sweep()         // the mid-quarantine drain
-		send(t, b.port+1) // b's old peer is still sending
+		p.sweep()                // the mid-quarantine drain
+		sendOldCall(t, b.port+1) // b's old peer is still sending
 		time.Sleep(s / 2)
 
 		c, err := p.get()
