@@ -114,6 +114,7 @@ type options struct {
 	idleWait  time.Duration
 	busyProbe time.Duration
 	verbose   io.Writer
+	sets      gatewaySets // -gateway-set: written over the generated gateway config
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -145,6 +146,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	idleWait := fs.Duration("idle-wait", 2*time.Minute, "longest wait for -idle-below")
 	verbose := fs.Bool("v", false, "progress on stderr")
 	workdir := fs.String("workdir", "", "where the work dir is created (default: $TMPDIR)")
+	var sets gatewaySets
+	fs.Var(&sets, "gateway-set", "section.key=value written over the generated gateway config (repeatable; the value is YAML: 2s, 300, true)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -154,6 +157,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	o := &options{runs: *runs, duration: *duration, callLen: *callLen, settle: 2 * time.Second,
 		sutCPU: *sutCPU, sippCPU: *sippCPU, gateway: *gw, logLevel: *logLevel, memLimit: *memLimit, udpBuf: *udpBuf, kamChild: *kamChild,
 		keep: *keep, trace: *trace, workdir: *workdir, perf: *perf, heap: *heap, cpuprof: *cpuprof, idleBelow: *idleBelow, idleWait: *idleWait, busyProbe: time.Second, verbose: io.Discard}
+	o.sets = sets
 	if *verbose {
 		o.verbose = stderr
 	}

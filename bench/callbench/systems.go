@@ -173,8 +173,12 @@ func startGateway(o *options, dir, callee string) (*system, error) {
 		"SIP": ports[2], "Callee": callee, "Dir": gdir, "MemLimit": o.memLimit << 20, "UDPBuf": o.udpBuf}); err != nil {
 		return nil, err
 	}
+	out, err := o.sets.apply(conf.Bytes())
+	if err != nil {
+		return nil, err
+	}
 	cfg := filepath.Join(gdir, "config.yaml")
-	if err := os.WriteFile(cfg, conf.Bytes(), 0o600); err != nil {
+	if err := os.WriteFile(cfg, out, 0o600); err != nil {
 		return nil, err
 	}
 	p, err := startProc("gateway", gdir, o.sutCPU, false, o.gateway, "run", "-config", cfg)
