@@ -73,7 +73,7 @@ func summarize(w io.Writer, o *options, results []*result) error {
 		}
 		fmt.Fprintf(w, "target >= %d calls/s with 0 failures: gateway %d calls/s  %s\n", targetCPS, g, verdict(g >= targetCPS))
 		if p, ok := peakAt[sysGateway][targetCPS]; ok {
-			fmt.Fprintf(w, "target RSS < %.0f MB at %d calls/s: gateway peak %.1f MB  %s (calls placed for %v; finished transactions linger sip.transaction_linger, 5 s by default, plus the 1-s calls: windows under ~10 s understate the steady state)\n",
+			fmt.Fprintf(w, "target RSS < %.0f MB at %d calls/s: gateway peak %.1f MB  %s (calls placed for %v; finished transactions linger sip.transaction_linger, 2 s by default, plus the 1-s calls: windows under ~5 s understate the steady state)\n",
 				targetRSS/1e6, targetCPS, p, verdict(p*1e6 < targetRSS), o.duration)
 		}
 		if slices.Contains(o.systems, sysKamailio) {

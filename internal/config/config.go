@@ -199,7 +199,7 @@ func Default() *Config {
 			PBXPing:        Duration(5 * time.Second),
 			// 4 MiB: ~2,000 datagrams, a quarter of a second at 2,000 calls/s.
 			UDPReceiveBuffer:  4 << 20,
-			TransactionLinger: Duration(5 * time.Second),
+			TransactionLinger: Duration(2 * time.Second),
 			AcceptedLinger:    Duration(time.Second),
 		},
 		RTP: RTP{
@@ -216,7 +216,7 @@ func Default() *Config {
 		Shutdown: Shutdown{Drain: Duration(30 * time.Second)},
 		// 200: half the collector's CPU of Go's 100 for ~1.5x the heap
 		// (docs/benchmarks.md, calls per second).
-		Runtime: Runtime{GCPercent: 200},
+		Runtime: Runtime{GCPercent: 300},
 	}
 }
 
