@@ -281,7 +281,7 @@ func (b *B2BUA) Run(ctx context.Context) error {
 		return nil
 	})
 	for _, c := range udp {
-		g.Go(func() error { return b.srv.ServeUDP(c) })
+		g.Go(func() error { return b.srv.ServeUDP(servedConn(c)) })
 	}
 	for _, l := range listeners {
 		g.Go(func() error {
