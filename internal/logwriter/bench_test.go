@@ -16,7 +16,8 @@ import (
 // BenchmarkCallLine logs the b2bua's "call end" line through slog's JSON
 // handler to a file opened like the benchmark harness's log (O_APPEND):
 // straight (one write(2) per line, what the gateway did before) and
-// through a Writer. Besides ns/op (wall clock) it reports the process's
+// through a Writer (with slog's handler or NewHandler, the daemon's
+// chain). Besides ns/op (wall clock) it reports the process's
 // CPU time per line (cpu-ns/op: user + system, including the Writer's
 // timer goroutine) and write(2) calls per line (writes/op, from
 // /proc/self/io's syscw).
@@ -27,11 +28,14 @@ func BenchmarkCallLine(b *testing.B) {
 		name     string
 		buffered bool
 		parallel bool
+		fast     bool // NewHandler instead of slog.NewJSONHandler
 	}{
-		{"direct", false, false},
-		{"logwriter", true, false},
-		{"direct-parallel", false, true},
-		{"logwriter-parallel", true, true},
+		{"direct", false, false, false},
+		{"logwriter", true, false, false},
+		{"logwriter-fast", true, false, true},
+		{"direct-parallel", false, true, false},
+		{"logwriter-parallel", true, true, false},
+		{"logwriter-fast-parallel", true, true, true},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			f, err := os.OpenFile(filepath.Join(b.TempDir(), "gateway.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
@@ -46,6 +50,9 @@ func BenchmarkCallLine(b *testing.B) {
 				out = w
 			}
 			var h slog.Handler = slog.NewJSONHandler(out, nil)
+			if tc.fast {
+				h = NewHandler(out, true, nil)
+			}
 			if w != nil {
 				h = w.Handler(h, slog.LevelWarn)
 			}
