@@ -33,12 +33,9 @@ func newLogger(cfg *config.Config, w io.Writer) *processLog {
 		out = p.w
 	}
 	opts := &slog.HandlerOptions{Level: cfg.SlogLevel()}
-	var h slog.Handler
-	if cfg.Log.Format == "text" {
-		h = slog.NewTextHandler(out, opts)
-	} else {
-		h = slog.NewJSONHandler(out, opts)
-	}
+	// What slog's JSON/text handler would write, rendered with less work
+	// for plain records (the call log lines).
+	h := logwriter.NewHandler(out, cfg.Log.Format != "text", opts)
 	p.direct = slog.New(h)
 	if p.w != nil {
 		h = p.w.Handler(h, slog.LevelWarn)
