@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"testing"
 	"time"
+
+	"github.com/cusax-gw/cusax-gw/internal/logwriter"
 )
 
 // TestCallLogLines: the call start and end lines carry their message and
@@ -59,13 +61,24 @@ func TestCallLogLines(t *testing.T) {
 	}
 }
 
-// BenchmarkCallLogLines logs a call's start and end lines through slog's
-// JSON handler (to io.Discard).
+// BenchmarkCallLogLines logs a call's start and end lines (logger With
+// subsystem=sip, as the daemon's) through slog's JSON handler and through
+// internal/logwriter's NewHandler (what the daemon builds), to io.Discard.
 func BenchmarkCallLogLines(b *testing.B) {
-	cl := callLog{slog.New(slog.NewJSONHandler(io.Discard, nil)), "0123456789abcdef@192.0.2.1"}
-	b.ReportAllocs()
-	for b.Loop() {
-		cl.callStart("phone", "sip:alice@example.com", "sip:+15551230002@example.com", "cx0123456789abcdef0123456789abcdef")
-		cl.callEnd(resultAnswered, 200, 1234567*time.Microsecond)
+	for _, tc := range []struct {
+		name string
+		h    slog.Handler
+	}{
+		{"slog", slog.NewJSONHandler(io.Discard, nil)},
+		{"logwriter", logwriter.NewHandler(io.Discard, true, nil)},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			cl := callLog{slog.New(tc.h).With("subsystem", "sip"), "0123456789abcdef@192.0.2.1"}
+			b.ReportAllocs()
+			for b.Loop() {
+				cl.callStart("phone", "sip:alice@example.com", "sip:+15551230002@example.com", "cx0123456789abcdef0123456789abcdef")
+				cl.callEnd(resultAnswered, 200, 1234567*time.Microsecond)
+			}
+		})
 	}
 }
