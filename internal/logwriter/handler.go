@@ -276,9 +276,16 @@ const hexDigits = "0123456789abcdef"
 // plain8 reports whether none of the 8 bytes of s is below 0x20, '"',
 // '\\' or non-ASCII (the word-at-a-time zero-byte test: never a false
 // true; a false false only sends those bytes through the byte loop).
-func plain8(s string) bool {
-	x := uint64(s[0]) | uint64(s[1])<<8 | uint64(s[2])<<16 | uint64(s[3])<<24 |
+func plain8(s string) bool { return plainWord(load8(s)) }
+
+// load8 is the first 8 bytes of s, little-endian (one load).
+func load8(s string) uint64 {
+	_ = s[7]
+	return uint64(s[0]) | uint64(s[1])<<8 | uint64(s[2])<<16 | uint64(s[3])<<24 |
 		uint64(s[4])<<32 | uint64(s[5])<<40 | uint64(s[6])<<48 | uint64(s[7])<<56
+}
+
+func plainWord(x uint64) bool {
 	const ones, highs = 0x0101010101010101, 0x8080808080808080
 	ctl := x - 0x20*ones // a byte < 0x20 borrows into its high bit
 	q := x ^ '"'*ones
@@ -294,7 +301,10 @@ func plain8(s string) bool {
 func appendJSONString(b []byte, s string) []byte {
 	b = append(b, '"')
 	i := 0
-	for ; i+8 <= len(s) && plain8(s[i:i+8]); i += 8 {
+	for ; i+8 <= len(s) && plainWord(load8(s[i:])); i += 8 {
+	}
+	if i+8 > len(s) && len(s) >= 8 && plainWord(load8(s[len(s)-8:])) {
+		i = len(s) // the tail, overlapping the last word checked
 	}
 	for i < len(s) && s[i] < utf8.RuneSelf && jsonPlain[s[i]] {
 		i++
