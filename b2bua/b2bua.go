@@ -148,6 +148,7 @@ func New(cfg Config, log *slog.Logger, m *Metrics) (*B2BUA, error) {
 	}
 	var b *B2BUA
 	ua, err := sipgo.NewUA(sipgo.WithUserAgent(cfg.UserAgent), sipgo.WithUserAgenTLSConfig(cfg.TLS),
+		sipgo.WithUserAgentParser(newFastParser()),
 		newDialPolicy(cfg).option(),
 		sipgo.WithUserAgentTransactionLayerOptions(sip.WithTransactionLayerUnhandledResponseHandler(
 			func(res *sip.Response) { b.onStrayResponse(res) })))
