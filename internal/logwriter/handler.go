@@ -1,6 +1,7 @@
 package logwriter
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"log/slog"
@@ -295,9 +296,21 @@ func plainWord(x uint64) bool {
 	return (ctl|q|bs|x)&highs == 0
 }
 
+// jsonInvalidUTF8 is what slog's JSON handler writes for an invalid UTF-8
+// byte: the escape \ufffd, or with Go's JSON v2 experiment (on by default
+// in Go 1.27) the replacement character itself. Asked of slog once.
+var jsonInvalidUTF8 = func() string {
+	var out bytes.Buffer
+	slog.New(slog.NewJSONHandler(&out, nil)).Info("", "k", "\xff")
+	if bytes.Contains(out.Bytes(), []byte(`"k":"\ufffd"`)) {
+		return `\ufffd`
+	}
+	return "\ufffd"
+}()
+
 // appendJSONString appends s quoted as slog's JSON handler quotes strings:
 // \" \\ \n \r \t, other control characters as \u00xx, each invalid UTF-8
-// byte as \ufffd, U+2028 and U+2029 escaped, everything else as it is.
+// byte as jsonInvalidUTF8, U+2028 and U+2029 escaped, everything else as it is.
 func appendJSONString(b []byte, s string) []byte {
 	b = append(b, '"')
 	i := 0
@@ -342,7 +355,7 @@ func appendJSONString(b []byte, s string) []byte {
 		switch {
 		case r == utf8.RuneError && n == 1:
 			b = append(b, s[done:i]...)
-			b = append(b, `\ufffd`...)
+			b = append(b, jsonInvalidUTF8...)
 			done = i + n
 		case r == '\u2028' || r == '\u2029':
 			b = append(b, s[done:i]...)
