@@ -205,6 +205,11 @@ func startTortureGateway(t *testing.T) *tortureGateway {
 			t.Errorf("Run after cancel = %v, want nil", err)
 		}
 	})
+	// Both listeners served before the first message: a REGISTER that
+	// arrives over TCP leaves toward the PBX from the UDP listener, which
+	// sipgo can use only once it serves it (else 503, seen under load).
+	waitServing(t, "udp", g.udp)
+	waitServing(t, "tcp", g.tcp)
 	return g
 }
 
