@@ -219,31 +219,16 @@ func (h *handler) appendAttr(b []byte, a slog.Attr) ([]byte, bool) {
 	if a.Key == "" {
 		return b, false
 	}
-	v := a.Value
+	sep, eq := byte(' '), byte('=')
 	if h.json {
-		b = append(b, ',')
-		b = appendJSONString(b, a.Key)
-		b = append(b, ':')
-		switch v.Kind() {
-		case slog.KindString:
-			return appendJSONString(b, v.String()), true
-		case slog.KindInt64:
-			return strconv.AppendInt(b, v.Int64(), 10), true
-		case slog.KindUint64:
-			return strconv.AppendUint(b, v.Uint64(), 10), true
-		case slog.KindBool:
-			return strconv.AppendBool(b, v.Bool()), true
-		case slog.KindDuration:
-			return strconv.AppendInt(b, int64(v.Duration()), 10), true
-		}
-		return b, false
+		sep, eq = ',', ':'
 	}
-	b = append(b, ' ')
-	b = appendTextString(b, a.Key)
-	b = append(b, '=')
-	switch v.Kind() {
+	b = append(b, sep)
+	b = h.appendString(b, a.Key)
+	b = append(b, eq)
+	switch v := a.Value; v.Kind() {
 	case slog.KindString:
-		return appendTextString(b, v.String()), true
+		return h.appendString(b, v.String()), true
 	case slog.KindInt64:
 		return strconv.AppendInt(b, v.Int64(), 10), true
 	case slog.KindUint64:
@@ -251,6 +236,9 @@ func (h *handler) appendAttr(b []byte, a slog.Attr) ([]byte, bool) {
 	case slog.KindBool:
 		return strconv.AppendBool(b, v.Bool()), true
 	case slog.KindDuration:
+		if h.json {
+			return strconv.AppendInt(b, int64(v.Duration()), 10), true
+		}
 		return append(b, v.Duration().String()...), true
 	}
 	return b, false
